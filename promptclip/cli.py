@@ -1,0 +1,161 @@
+"""The ``promptclip`` command: argument parsing that calls the library."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from .errors import PromptclipError
+
+OVERRIDES_HELP = "config overrides as dotted keys, e.g. optim.lr=0.01 data.shots=4 text.n_ctx=8"
+PRESET_HELP = "preset name (configs/**/NAME.yaml) or YAML file; repeat to merge several, later ones win"
+
+
+def _setup_logging(quiet: bool) -> None:
+    logger = logging.getLogger("promptclip")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[promptclip] %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
+def _config(args, extra_presets: List[str] = ()):
+    from .config import build_config
+
+    return build_config([*extra_presets, *args.config], args.overrides)
+
+
+def cmd_train(args) -> int:
+    from .engine import run
+
+    result = run(_config(args), progress=not args.quiet, distributed=_distributed())
+    if result.get("test"):
+        print(f"test accuracy {result['test']['accuracy']:.2f}%  macro-F1 {result['test']['macro_f1']:.2f}%")
+    return 0
+
+
+def _distributed():
+    """A distributed context when launched by torchrun, else None."""
+    import os
+
+    if "LOCAL_RANK" not in os.environ:
+        return None
+    from .engine.distributed import Distributed
+
+    return Distributed.from_env()
+
+
+def cmd_zeroshot(args) -> int:
+    from .engine import run
+
+    result = run(_config(args, ["zeroshot"]), progress=not args.quiet)
+    print(f"zero-shot accuracy {result['test']['accuracy']:.2f}%  macro-F1 {result['test']['macro_f1']:.2f}%")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .engine import evaluate_run
+
+    result = evaluate_run(args.run_dir, args.overrides, progress=not args.quiet, force=args.force)
+    print(f"{result['dataset']} ({result['subsample']}): accuracy {result['test']['accuracy']:.2f}%  "
+          f"macro-F1 {result['test']['macro_f1']:.2f}%")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .engine.predict import predict
+
+    predictions = predict(args.run_dir, args.images, topk=args.topk, device=args.device)
+    if args.json:
+        print(json.dumps(predictions, indent=2))
+    else:
+        for p in predictions:
+            print(f"{p['path']}: " + ", ".join(f"{name} {prob:.1%}" for name, prob in p["top"]))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import demo
+
+    demo(Path(args.out), shots=args.shots, epochs=args.epochs, progress=not args.quiet)
+    return 0
+
+
+def cmd_config(args) -> int:
+    from .config import preset_names, to_yaml
+
+    if args.list:
+        print("\n".join(preset_names()))
+    else:
+        print(to_yaml(_config(args)), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="promptclip", description="Prompt learning on frozen CLIP models.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p):
+        p.add_argument("-c", "--config", action="append", default=[], metavar="PRESET", help=PRESET_HELP)
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+        return p
+
+    p = with_config(sub.add_parser("train", help="train prompts and evaluate them (resumes an interrupted run)",
+                                   description="Train prompts with a preset and overrides; writes a run folder. "
+                                               "Example: promptclip train -c coop data.name=DescribableTextures "
+                                               "data.root=~/data data.shots=16 seed=1"))
+    p.set_defaults(func=cmd_train)
+    p = with_config(sub.add_parser("zeroshot", help="zero-shot CLIP on a dataset",
+                                   description="Zero-shot CLIP: the zeroshot preset plus yours. "
+                                               "Example: promptclip zeroshot data.name=EuroSAT data.root=~/data"))
+    p.set_defaults(func=cmd_zeroshot)
+    p = sub.add_parser("eval", help="evaluate a run's prompts on another class set or dataset",
+                       description="Evaluate saved prompts; overrides choose the data, e.g. data.subsample=new or "
+                                   "data.name=ImageNetV2. Writes RUN_DIR/evals/<dataset>-<subsample>.json.")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+    p.add_argument("--force", action="store_true", help="evaluate again even if the result exists")
+    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("predict", help="top-k classes for image files with a run's prompts",
+                       description="Classify image files with the prompts saved in RUN_DIR.")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("demo", help="offline demo: digits, a tiny random CLIP, zero-shot vs CoOp",
+                       description="Writes scikit-learn's digits as an image folder and compares zero-shot CLIP "
+                                   "with CoOp (shared and class-specific) on a tiny CLIP with random weights.")
+    p.add_argument("--out", default="demo_runs", help="folder for the data and the runs")
+    p.add_argument("--shots", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=40)
+    p.set_defaults(func=cmd_demo)
+    p = with_config(sub.add_parser("config", help="print the resolved config of presets + overrides",
+                                   description="Print the config a train command would use, or --list presets."))
+    p.add_argument("--list", action="store_true", help="list the presets")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.quiet)
+    try:
+        return args.func(args)
+    except PromptclipError as err:
+        print(f"promptclip: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("promptclip: interrupted; rerun the same command to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

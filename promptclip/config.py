@@ -1,0 +1,313 @@
+"""Typed configuration: dataclasses, YAML presets with ``inherit``, dotted overrides, validation with suggestions.
+
+A run's config is built from presets (``configs/**/<name>.yaml`` or a path) merged left to right, then overrides such
+as ``optim.lr=0.01``. ``text`` and ``vision`` hold the chosen learner's own options dataclass; ``losses`` maps loss
+names to theirs. Unknown keys are errors that name the nearest valid key.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from .errors import ConfigError
+from .registry import suggest
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class ModelConfig:
+    #: open_clip model name, ``hf-hub:org/repo``, ``local-dir:/path``, or a tiny config (tiny-vit, tiny-rn)
+    name: str = "ViT-B-16"
+    #: open_clip pretrained tag (openai, laion2b_s34b_b88k, ...), a local checkpoint file, or null for random weights
+    pretrained: Optional[str] = "openai"
+    cache_dir: Optional[str] = None
+
+
+@dataclass
+class DataConfig:
+    #: registered dataset name (imagefolder, DescribableTextures, ...) or a dataset description YAML
+    name: str = "imagefolder"
+    #: data root (for imagefolder: the image folder itself)
+    root: Optional[str] = None
+    #: images per class for training (0 or negative: the whole training split)
+    shots: int = 16
+    #: classes to use: all, base or new
+    subsample: str = "all"
+    #: augment training images (RandomResizedCrop + flip, CLIP's recipe); false trains on the test transform
+    augment: bool = True
+    #: reader options (e.g. template for imagefolder)
+    options: Dict[str, Any] = field(default_factory=dict)
+    num_workers: int = 0
+
+
+@dataclass
+class OptimConfig:
+    #: sgd or adamw
+    name: str = "sgd"
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    #: cosine or constant
+    scheduler: str = "cosine"
+    #: epochs at the constant warm-up lr before the schedule starts (the reference's "constant" warm-up)
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 32
+    eval_batch_size: int = 100
+    #: gradient accumulation: optimizer step every accum_steps batches
+    accum_steps: int = 1
+    #: fp32; bf16 (autocast on CPU or GPU); fp16 (GPU only, with a grad scaler); auto (bf16 on a GPU that has it,
+    #: else fp32). Prompt parameters stay fp32 in every case.
+    precision: str = "fp32"
+    #: auto, cpu, cuda, cuda:1 ...
+    device: str = "auto"
+    #: save a resumable checkpoint every N epochs (0: never)
+    checkpoint_every: int = 1
+    #: evaluate on the test split after training
+    evaluate: bool = True
+    #: cap on optimizer steps per epoch (0: no cap); useful for benchmarks and smoke runs
+    max_steps_per_epoch: int = 0
+
+
+@dataclass
+class OutputConfig:
+    #: runs go under root/<method>/<dataset>/<subsample>/shots_<K>/seed_<S> unless dir is given
+    root: str = "runs"
+    dir: Optional[str] = None
+    #: few-shot draws, prototypes and feature caches
+    cache_dir: str = ".promptclip-cache"
+
+
+@dataclass
+class Config:
+    #: a name for reports and run folders (defaults to the learner names)
+    method: str = ""
+    seed: int = 1
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    text: Any = field(default=None, metadata={"registry": "learner"})
+    vision: Any = field(default=None, metadata={"registry": "learner"})
+    losses: Dict[str, Any] = field(default_factory=dict, metadata={"registry": "loss"})
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    @property
+    def method_name(self) -> str:
+        if self.method:
+            return self.method
+        return self.text.name + (f"+{self.vision.name}" if self.vision is not None else "")
+
+
+# ------------------------------------------------------------------------------------------------ conversion
+def _registry(kind: str):
+    from . import learners, losses  # noqa: F401  (fills the registries)
+    from .learners.base import LEARNERS
+    from .losses import LOSSES
+
+    return LEARNERS if kind == "learner" else LOSSES
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against the type ``tp``; convert dicts to dataclasses. ``path`` names the key in errors."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Union:
+        options = get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(value, option, path)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if origin in (list, List) or tp is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} must be a list, got {value!r}.")
+        (item_type,) = get_args(tp) or (Any,)
+        return [_coerce(v, item_type, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Dict) or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping, got {value!r}.")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} must be true or false, got {value!r}.")
+        return value
+    if tp in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (tp is int and not float(value).is_integer()):
+            raise ConfigError(f"{path} must be {'an integer' if tp is int else 'a number'}, got {value!r}.")
+        return tp(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path} must be a string, got {value!r}.")
+        return value
+    return value
+
+
+def registered_config(kind: str, value: Any, path: str, name: Optional[str] = None):
+    """Options dataclass of the registered learner/loss named by ``value['name']`` (or ``name``)."""
+    if value is None:
+        return None
+    if dataclasses.is_dataclass(value):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path} must be a mapping of options, got {value!r}.")
+    key = name if name is not None else value.get("name")
+    if not key:
+        raise ConfigError(f"{path}.name is missing: which {kind} should be used? "
+                          f"Known: {', '.join(_registry(kind).names())}.")
+    try:
+        cls = _registry(kind).get(key)
+    except LookupError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    return from_dict(cls.Config, value, path, context=f"{kind} {key!r}")
+
+
+def from_dict(cls, data: Optional[dict], path: str = "", context: str = ""):
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys with the nearest valid one."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'} must be a mapping, got {data!r}.")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            where = f" of {context}" if context else ""
+            hint = suggest(full, [f"{path}.{f}" if path else f for f in fields])
+            raise ConfigError(f"Unknown config key {full!r}{where}.{hint} "
+                              f"Valid keys here: {', '.join(fields)}.")
+        registry = fields[key].metadata.get("registry")
+        if registry and key == "losses":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full} must map loss names to options, got {value!r}.")
+            kwargs[key] = {name: registered_config(registry, opts or {}, f"{full}.{name}", name=name)
+                           for name, opts in value.items()}
+        elif registry:
+            kwargs[key] = registered_config(registry, value, full)
+        else:
+            kwargs[key] = _coerce(value, hints[key], full)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"{path or 'config'}: {err}") from None
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+# ------------------------------------------------------------------------------------------- presets, overrides
+def preset_names() -> List[str]:
+    return sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml"))
+
+
+def find_preset(name: str) -> Path:
+    """A preset by path, by path under ``configs/`` (``methods/coop``), or by unique file stem (``coop``)."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    for candidate in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    matches = sorted(CONFIG_DIR.rglob(f"{Path(name).name}.yaml")) if "/" not in name else []
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        rel = ", ".join(str(m.relative_to(CONFIG_DIR).with_suffix("")) for m in matches)
+        raise ConfigError(f"Preset {name!r} is ambiguous: {rel}. Give the folder too.")
+    raise ConfigError(f"No config file or preset {name!r}.{suggest(name, preset_names())} "
+                      f"Presets: {', '.join(preset_names())}.")
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Deep merge: mappings merge key by key, anything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("text", "vision"):
+            out[key] = merge(out[key], value)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            same_learner = value.get("name", out[key].get("name")) == out[key].get("name")
+            out[key] = merge(out[key], value) if same_learner else copy.deepcopy(value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_yaml(name: str, _seen: Sequence[Path] = ()) -> dict:
+    """A preset as a dict, with its ``inherit`` list (other presets, applied first) resolved."""
+    path = find_preset(name).resolve()
+    if path in _seen:
+        raise ConfigError(f"Presets inherit from each other in a loop: {' → '.join(map(str, _seen))} → {path}.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys.")
+    parents = data.pop("inherit", []) or []
+    out: dict = {}
+    for parent in [parents] if isinstance(parents, str) else parents:
+        out = merge(out, load_yaml(parent, (*_seen, path)))
+    return merge(out, data)
+
+
+def parse_override(text: str) -> dict:
+    """``a.b=value`` → ``{"a": {"b": value}}`` with the value read as YAML (numbers, null, lists...)."""
+    if "=" not in text:
+        raise ConfigError(f"Override {text!r} must look like key.sub=value (e.g. optim.lr=0.01).")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+DEFAULT_TEXT = {"name": "coop"}
+
+
+def build_config(presets: Sequence[str] = (), overrides: Sequence[str] = (), base: Optional[dict] = None) -> Config:
+    """Config from presets merged in order, then ``key=value`` overrides."""
+    data: dict = {"text": dict(DEFAULT_TEXT)}
+    if base:
+        data = merge(data, base)
+    for name in presets:
+        data = merge(data, load_yaml(name))
+    for text in overrides:
+        data = merge(data, parse_override(text))
+    return from_dict(Config, data)
+
+
+def load_resolved(path: Union[str, Path]) -> Config:
+    """A run's saved ``config.yaml``."""
+    return from_dict(Config, yaml.safe_load(Path(path).read_text()))

@@ -1,0 +1,115 @@
+"""What every dataset reader returns: items, class names and the zero-shot template."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from ..errors import DataError
+from ..registry import Registry
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One labelled image. ``path`` is absolute; few-shot draws store it relative to ``Dataset.root``."""
+
+    path: str
+    label: int
+
+
+@dataclass
+class Dataset:
+    """A dataset with its splits. Labels index ``classnames``; ``template`` has one ``{}`` for the class name.
+
+    ``val_is_test`` marks datasets whose validation split is their test split (ImageNet): a few-shot draw leaves
+    such a val split whole instead of sampling from the test set.
+    """
+
+    name: str
+    classnames: List[str]
+    train: List[Item]
+    val: List[Item]
+    test: List[Item]
+    root: Path
+    template: str = "a photo of a {}."
+    templates: Optional[List[str]] = None  # ensemble for zero-shot; defaults to [template]
+    notes: List[str] = field(default_factory=list)  # things the reader did that a user should know
+    val_is_test: bool = False
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    def split(self, name: str) -> List[Item]:
+        if name not in ("train", "val", "test"):
+            raise DataError(f"Unknown split {name!r}: use train, val or test.")
+        return getattr(self, name)
+
+    def replace(self, **changes) -> "Dataset":
+        return dataclasses.replace(self, **changes)
+
+
+#: name → reader(root: Path, **options) -> Dataset. Register with ``@DATASETS.register("name")``.
+DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
+
+
+def load_dataset(name: str, root, **options) -> Dataset:
+    """Read dataset ``name`` from data root ``root`` with its registered reader.
+
+    ``name`` may also be the path of a YAML description of a custom dataset (see ``custom.load_yaml_dataset``).
+    """
+    if str(name).lower().endswith((".yaml", ".yml")):
+        from .custom import load_yaml_dataset
+
+        return load_yaml_dataset(Path(name).expanduser(), root, **options)
+    reader = DATASETS.get(name)
+    if root is None:
+        raise DataError(f"No data root given for dataset {name!r}: set data.root=/path/to/data.")
+    return reader(Path(root).expanduser(), **options)
+
+
+def prompt_classname(name: str) -> str:
+    """Class names enter prompts with underscores as spaces."""
+    return name.replace("_", " ")
+
+
+def items_per_class(items: List[Item]) -> Dict[int, List[Item]]:
+    groups: Dict[int, List[Item]] = {}
+    for item in items:
+        groups.setdefault(item.label, []).append(item)
+    return groups
+
+
+def split_per_class(items: List[Item], p_train: float = 0.5, p_val: float = 0.2, seed: int = 1):
+    """Split items per class into train/val/test by fractions (the reference's rule for datasets without a split)."""
+    import random
+
+    rng = random.Random(seed)
+    train: List[Item] = []
+    val: List[Item] = []
+    test: List[Item] = []
+    for _, group in sorted(items_per_class(items).items()):
+        group = list(group)
+        rng.shuffle(group)
+        n_train = round(len(group) * p_train)
+        n_val = round(len(group) * p_val)
+        train += group[:n_train]
+        val += group[n_train:n_train + n_val]
+        test += group[n_train + n_val:]
+    return train, val, test
+
+
+def list_images(folder: Path) -> List[Path]:
+    """Image files directly inside ``folder``, sorted by name; hidden files are skipped.
+
+    ``os.scandir`` reads the file type from the directory listing, so a folder of a million images costs no stat
+    per file (which matters on network file systems).
+    """
+    with os.scandir(folder) as entries:
+        names = [e.name for e in entries if not e.name.startswith(".") and e.is_file()
+                 and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS]
+    return [Path(folder) / n for n in sorted(names)]

@@ -1,0 +1,117 @@
+"""K-shot draws (seeded, stored as portable JSON with checksums) and base/new class subsets."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from ..errors import DataError
+from ..utils import atomic_write_text
+from .base import Dataset, Item, items_per_class
+
+log = logging.getLogger("promptclip")
+
+
+def _relative(path: str, root: Path) -> str:
+    return Path(os.path.relpath(path, root)).as_posix()
+
+
+def dataset_checksum(ds: Dataset) -> str:
+    """Fingerprint of what a draw depends on: class names and the (relative path, label) of train and val."""
+    h = hashlib.sha256()
+    h.update(json.dumps(ds.classnames).encode())
+    for split in ("train", "val"):
+        for item in ds.split(split):
+            h.update(f"{split}\t{_relative(item.path, ds.root)}\t{item.label}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def sample_per_class(items: Sequence[Item], k: int, rng: random.Random, warn_name: str = "") -> List[Item]:
+    """Draw ``k`` items per class (all of them, with a warning, where a class has fewer)."""
+    chosen: List[Item] = []
+    for label, group in sorted(items_per_class(list(items)).items()):
+        if len(group) < k:
+            if warn_name:
+                log.warning("%s: class %d has only %d images for %d shots; using all of them.",
+                            warn_name, label, len(group), k)
+            chosen.extend(group)
+        else:
+            chosen.extend(rng.sample(group, k))
+    return chosen
+
+
+def draw_path(cache_dir: Path, name: str, shots: int, seed: int) -> Path:
+    return Path(cache_dir) / "fewshot" / name / f"shots_{shots}-seed_{seed}.json"
+
+
+def few_shot(ds: Dataset, shots: int, seed: int, cache_dir: Optional[Path] = None) -> Dataset:
+    """The ``shots``-per-class training set (and ``min(shots, 4)``-per-class validation set) for ``seed``.
+
+    A dataset whose val split is its test split (``val_is_test``, ImageNet) keeps that split whole, as the reference
+    does.
+
+    With ``cache_dir`` the draw is stored as JSON of paths relative to the dataset folder and reused; a draw made
+    from a different version of the dataset is refused rather than silently reused.
+    """
+    if shots is None or shots <= 0:
+        return ds
+    checksum = dataset_checksum(ds)
+    path = draw_path(cache_dir, ds.name, shots, seed) if cache_dir else None
+    if path is not None and path.exists():
+        try:
+            draw = json.loads(path.read_text())
+        except ValueError as e:
+            raise DataError(f"The few-shot draw {path} is not valid JSON ({e}): delete it to draw again.") from e
+        if draw.get("dataset_checksum") != checksum:
+            raise DataError(
+                f"The few-shot draw {path} was made from a different version of dataset {ds.name!r} "
+                f"(checksum {draw.get('dataset_checksum')} vs {checksum} now): its images or labels changed. "
+                f"Delete that file to draw again from the current data."
+            )
+        to_item = lambda rel_label: Item(str(ds.root / rel_label[0]), int(rel_label[1]))  # noqa: E731
+        val = ds.val if ds.val_is_test else [to_item(x) for x in draw["val"]]
+        return ds.replace(train=[to_item(x) for x in draw["train"]], val=val)
+
+    rng = random.Random(seed)
+    train = sample_per_class(ds.train, shots, rng, warn_name=f"{ds.name} train")
+    val = sample_per_class(ds.val, min(shots, 4), rng) if ds.val and not ds.val_is_test else ds.val
+    if path is not None:
+        draw = {
+            "dataset": ds.name, "shots": shots, "seed": seed, "dataset_checksum": checksum,
+            "train": [[_relative(i.path, ds.root), i.label] for i in train],
+            "val": [] if ds.val_is_test else [[_relative(i.path, ds.root), i.label] for i in val],
+        }
+        atomic_write_text(path, json.dumps(draw, indent=0))
+    return ds.replace(train=train, val=val)
+
+
+def base_new_split(labels: Sequence[int]):
+    """Sorted labels split into the first ``ceil(n/2)`` (base) and the rest (new)."""
+    labels = sorted(set(labels))
+    m = math.ceil(len(labels) / 2)
+    return labels[:m], labels[m:]
+
+
+def subsample_classes(ds: Dataset, which: str = "all") -> Dataset:
+    """Keep the ``base`` or ``new`` half of the classes, relabelled from 0, in every split (``all`` keeps all)."""
+    if which == "all":
+        return ds
+    if which not in ("base", "new"):
+        raise DataError(f"data.subsample must be all, base or new, not {which!r}.")
+    source = ds.train or ds.test
+    base, new = base_new_split([i.label for i in source] if source else range(ds.num_classes))
+    keep = base if which == "base" else new
+    relabel = {old: new_label for new_label, old in enumerate(keep)}
+
+    def filt(items: List[Item]) -> List[Item]:
+        return [Item(i.path, relabel[i.label]) for i in items if i.label in relabel]
+
+    return ds.replace(
+        classnames=[ds.classnames[k] for k in keep],
+        train=filt(ds.train), val=filt(ds.val), test=filt(ds.test),
+    )

@@ -1,0 +1,21 @@
+"""Errors a user can act on. The CLI prints their message without a traceback."""
+
+
+class PromptclipError(Exception):
+    """Base class: the message names the problem and the way out."""
+
+
+class ConfigError(PromptclipError):
+    """A config file, key or value is wrong."""
+
+
+class DataError(PromptclipError):
+    """A dataset folder, split file or image is missing or malformed."""
+
+
+class BackboneError(PromptclipError):
+    """A CLIP model cannot be created, loaded or used the way asked."""
+
+
+class UnknownNameError(PromptclipError, LookupError):
+    """A registry lookup failed (unknown learner, dataset, loss...)."""

@@ -1,0 +1,47 @@
+"""Zero-shot CLIP: hand-written templates, no parameters (also the fixed text side of vision-only learners)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Union
+
+import torch
+
+from ..backbone import normalize
+from ..templates import fill, resolve_templates
+from .base import LEARNERS, Learner, LearnerConfig
+
+
+@dataclass
+class ZeroShotConfig(LearnerConfig):
+    name: str = "zeroshot"
+    #: "dataset" (the dataset's template), "ensemble" (CoOp's 7 + the dataset's), "imagenet80", or a list
+    templates: Union[str, List[str]] = "dataset"
+
+
+@LEARNERS.register("zeroshot")
+class ZeroShot(Learner):
+    """Class features = mean over templates of normalised template features, renormalised (cached)."""
+
+    Config = ZeroShotConfig
+
+    def __init__(self, cfg, backbone, classnames, template="a photo of a {}."):
+        super().__init__(cfg, backbone, classnames, template)
+        self._cache = None
+
+    def set_classnames(self, backbone, classnames, template=None):
+        super().set_classnames(backbone, classnames, template)
+        self._cache = None
+
+    @torch.no_grad()
+    def compute(self, backbone) -> torch.Tensor:
+        templates = resolve_templates(self.cfg.templates, self.template)
+        per_template = []
+        for template in templates:
+            ids = backbone.tokenize(fill(template, self.classnames))
+            per_template.append(normalize(backbone.encode_text_ids(ids).float()))
+        return normalize(torch.stack(per_template).mean(0))
+
+    def text_features(self, backbone, image_features=None):
+        if self._cache is None or self._cache.device != backbone.logit_scale.device:
+            self._cache = self.compute(backbone)
+        return self._cache
