@@ -28,6 +28,9 @@ class PromptedCLIP(nn.Module):
         if vision is not None:
             if "vision" not in vision.sides:
                 raise ConfigError(f"vision learner {vision.cfg.name!r} does not prompt the image tower.")
+            if "text" in vision.sides:
+                raise ConfigError(f"{vision.cfg.name!r} prompts both towers: use it as the text learner "
+                                  f"(text.name={vision.cfg.name}) and set vision=null.")
             if "vision" in text.sides:
                 raise ConfigError(f"{text.cfg.name!r} already prompts the image tower; it cannot be combined with "
                                   f"vision learner {vision.cfg.name!r}. Set vision=null.")

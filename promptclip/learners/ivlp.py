@@ -1,0 +1,59 @@
+"""IVLP (MaPLe's baseline): independent deep prompts on the text and image towers, no coupling."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ..backbone import VisionPrompts
+from ..errors import ConfigError
+from .base import LEARNERS, LearnerConfig
+from .deep import DeepTextLearner, LayerPrompts, check_depth
+
+
+@dataclass
+class IVLPConfig(LearnerConfig):
+    name: str = "ivlp"
+    #: learned text tokens per layer, right after SOS
+    n_text: int = 2
+    #: the first n_text words start the context; the rest stay as fixed text ("of a" for n_text=2)
+    init: Optional[str] = "a photo of a"
+    #: prompted text layers, from the input
+    text_depth: int = 12
+    #: learned vision tokens per layer, after the patch tokens; 0 prompts the text tower only
+    n_vision: int = 2
+    #: prompted vision layers, from the input
+    vision_depth: int = 12
+    init_std: float = 0.02
+
+
+@LEARNERS.register("ivlp")
+class IVLP(DeepTextLearner):
+    """Text side as in :class:`DeepTextLearner`; vision tokens ``[n_vision, D_v]`` per layer (``N(0, 0.02²)``)
+    appended after the patches before ``ln_pre`` and replaced at layers ``1..vision_depth−1``.
+
+    With ``n_vision=0`` the learner prompts the text tower only (``sides == ("text",)``), so a separate vision
+    learner may be combined with it. For vision-only deep prompting use ``text.name=zeroshot`` with the ``vpt`` vision
+    learner (preset ``vpt_deep_clip``).
+    """
+
+    Config = IVLPConfig
+    sides = ("text", "vision")
+
+    def __init__(self, cfg, backbone, classnames, template="a photo of a {}."):
+        super().__init__(cfg, backbone, classnames, template)
+        if cfg.n_text < 1:
+            raise ConfigError("IVLP needs text prompts (text.n_text >= 1). For vision-only deep prompting use "
+                              "text.name=zeroshot with vision.name=vpt (preset vpt_deep_clip).")
+        self._build_text(backbone, cfg.n_text, cfg.text_depth, cfg.init, "text.text_depth", cfg.init_std)
+        if cfg.n_vision > 0:
+            backbone.require_vision_prompts("IVLP vision prompts")
+            depth = check_depth(cfg.vision_depth, backbone.num_vision_layers, "text.vision_depth", "vision",
+                                backbone.name)
+            self.vision_deep = LayerPrompts(range(depth), cfg.n_vision, backbone.vision_width, scale=cfg.init_std)
+        else:
+            self.sides = ("text",)
+
+    def vision_prompts(self, backbone) -> Optional[VisionPrompts]:
+        if "vision" not in self.sides:
+            return None
+        return VisionPrompts(self.vision_deep.per_layer(), placement="after_patches", before_ln_pre=True)

@@ -1,0 +1,46 @@
+"""MaPLe (Khattak et al., CVPR 2023): deep text prompts coupled to deep vision prompts by per-layer linear maps."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from torch import nn
+
+from ..backbone import VisionPrompts
+from .base import LEARNERS, LearnerConfig
+from .deep import DeepTextLearner, check_depth
+
+
+@dataclass
+class MaPLeConfig(LearnerConfig):
+    name: str = "maple"
+    #: learned text tokens per layer (and vision tokens, through the coupling)
+    n_ctx: int = 2
+    #: the first n_ctx words start the context; the rest stay as fixed text ("of a" for n_ctx=2)
+    init: Optional[str] = "a photo of a"
+    #: prompted layers J, from the input, on both towers
+    depth: int = 9
+
+
+@LEARNERS.register("maple")
+class MaPLe(DeepTextLearner):
+    """Text prompts ``ctx`` (layer 0) and ``P_i`` (layers ``1..J−1``) as in :class:`DeepTextLearner`; the vision
+    prompts are their images under one ``Linear(D_t, D_v)`` per layer, ``F_i(P_i)``, appended after the patch tokens
+    before ``ln_pre`` and replaced at layers ``1..J−1``. Text → vision only; widths come from the backbone.
+
+    ViT-B/16 defaults: ``9·2·512 + 9·(512·768 + 768) = 3,555,072`` parameters.
+    """
+
+    Config = MaPLeConfig
+    sides = ("text", "vision")
+
+    def __init__(self, cfg, backbone, classnames, template="a photo of a {}."):
+        super().__init__(cfg, backbone, classnames, template)
+        backbone.require_vision_prompts("MaPLe prompts")
+        check_depth(cfg.depth, backbone.num_vision_layers, "text.depth", "vision", backbone.name)
+        self._build_text(backbone, cfg.n_ctx, cfg.depth, cfg.init, "text.depth")
+        self.couplings = nn.ModuleList(nn.Linear(backbone.text_width, backbone.vision_width) for _ in range(cfg.depth))
+
+    def vision_prompts(self, backbone) -> VisionPrompts:
+        tokens = {layer: self.couplings[layer](p) for layer, p in self.text_layers().items()}
+        return VisionPrompts(tokens, placement="after_patches", before_ln_pre=True)

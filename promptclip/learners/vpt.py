@@ -1,0 +1,93 @@
+"""VPT (Jia et al., ECCV 2022) as a vision-side learner, with VFPT's Fourier prompts (Zeng et al., NeurIPS 2024)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..backbone import PLACEMENTS, FrozenCLIP, VisionPrompts
+from ..errors import ConfigError
+from .base import LEARNERS, Learner, LearnerConfig
+from .deep import INITS, LayerPrompts, check_depth
+
+FOURIER = ("none", "both", "hidden", "sequence")
+
+
+def fourier_prompts(x: torch.Tensor, variant: str = "both") -> torch.Tensor:
+    """VFPT's transform of prompts ``[..., n, D]``: the real part of the FFT over the hidden dimension (``hidden``),
+    the token dimension (``sequence``) or both, hidden first (``both``). No parameters, no normalisation."""
+    if variant == "hidden":
+        return torch.fft.fft(x, dim=-1).real
+    if variant == "sequence":
+        return torch.fft.fft(x, dim=-2).real
+    if variant == "both":
+        return torch.fft.fft(torch.fft.fft(x, dim=-1), dim=-2).real
+    raise ConfigError(f"Fourier variant must be one of {FOURIER[1:]}, not {variant!r}.")
+
+
+def vpt_uniform_bound(backbone: FrozenCLIP) -> float:
+    """VPT's Xavier-style init range ``sqrt(6 / (3·p² + D_v))`` (0.0625 for ViT-B/16)."""
+    return math.sqrt(6.0 / (3 * backbone.patch_size ** 2 + backbone.vision_width))
+
+
+@dataclass
+class VPTConfig(LearnerConfig):
+    name: str = "vpt"
+    #: prompt tokens per layer
+    n_tokens: int = 16
+    #: layers with their own prompts, from the input: 1 = VPT-shallow; the tower's layer count (12 for ViT-B) = VPT-deep
+    depth: int = 1
+    #: after_cls (VPT, DAPT) or after_patches (MaPLe/IVLP-style deep vision prompting)
+    placement: str = "after_cls"
+    #: insert before ln_pre (MaPLe/IVLP) or after it (DAPT)
+    before_ln_pre: bool = False
+    #: uniform: VPT's ±sqrt(6 / (3·patch² + D_v)); normal: N(0, init_std²)
+    init: str = "uniform"
+    init_std: float = 0.02
+    dropout: float = 0.0
+    #: VFPT: none, both (FFT over hidden then sequence), hidden or sequence
+    fourier: str = "none"
+    #: fraction α of each layer's tokens made Fourier prompts (floor(α·n_tokens), placed first)
+    fourier_fraction: float = 0.5
+
+
+@LEARNERS.register("vpt")
+class VPT(Learner):
+    """Prompt tokens ``[n_tokens, D_v]`` for layers ``0..depth−1``: inserted at the input, replaced at deeper layers,
+    carried on after the last prompted layer. No positional embedding.
+
+    With ``fourier`` the first ``floor(α·n)`` tokens of every prompted layer pass through :func:`fourier_prompts`
+    after dropout. Dropout masks are shared by the images of a batch (the prompts are one ``[n, D_v]`` per layer).
+    """
+
+    Config = VPTConfig
+    sides = ("vision",)
+
+    def __init__(self, cfg, backbone, classnames, template="a photo of a {}."):
+        super().__init__(cfg, backbone, classnames, template)
+        backbone.require_vision_prompts("VPT prompts")
+        if cfg.placement not in PLACEMENTS:
+            raise ConfigError(f"vision.placement must be one of {PLACEMENTS}, not {cfg.placement!r}.")
+        if cfg.init not in INITS:
+            raise ConfigError(f"vision.init must be one of {INITS}, not {cfg.init!r}.")
+        if cfg.fourier not in FOURIER:
+            raise ConfigError(f"vision.fourier must be one of {FOURIER}, not {cfg.fourier!r}.")
+        if not 0.0 <= cfg.fourier_fraction <= 1.0:
+            raise ConfigError(f"vision.fourier_fraction must lie in [0, 1], not {cfg.fourier_fraction}.")
+        depth = check_depth(cfg.depth, backbone.num_vision_layers, "vision.depth", "vision", backbone.name)
+        scale = vpt_uniform_bound(backbone) if cfg.init == "uniform" else cfg.init_std
+        self.prompts = LayerPrompts(range(depth), cfg.n_tokens, backbone.vision_width, cfg.init, scale)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.n_fourier = math.floor(cfg.fourier_fraction * cfg.n_tokens) if cfg.fourier != "none" else 0
+
+    def _layer_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = self.dropout(tokens)
+        if not self.n_fourier:
+            return tokens
+        return torch.cat([fourier_prompts(tokens[:self.n_fourier], self.cfg.fourier), tokens[self.n_fourier:]])
+
+    def vision_prompts(self, backbone) -> VisionPrompts:
+        tokens = {layer: self._layer_tokens(t) for layer, t in self.prompts.per_layer().items()}
+        return VisionPrompts(tokens, placement=self.cfg.placement, before_ln_pre=self.cfg.before_ln_pre)

@@ -1,0 +1,182 @@
+"""Every new learner: gradients, a few training steps, save → load, composition errors, presets, ViT-B/16 counts."""
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from promptclip.backbone import FrozenCLIP
+from promptclip.config import CONFIG_DIR, build_config
+from promptclip.errors import BackboneError, ConfigError
+from promptclip.learners import LEARNERS, build_learner
+from promptclip.losses import LOSSES
+from promptclip.model import PromptedCLIP
+
+CLASSES = ["cat", "golden_retriever", "space shuttle"]
+
+#: name → (text learner options, vision learner options or None), sized for the 2-layer tiny-vit
+SETUPS = {
+    "cocoop": ({"name": "cocoop"}, None),
+    "maple": ({"name": "maple", "depth": 2}, None),
+    "ivlp": ({"name": "ivlp", "text_depth": 2, "vision_depth": 2}, None),
+    "ivlp_text_only+vpt": ({"name": "ivlp", "text_depth": 2, "n_vision": 0}, {"name": "vpt", "n_tokens": 4}),
+    "vpt_deep_clip": ({"name": "zeroshot"}, {"name": "vpt", "n_tokens": 4, "depth": 2, "placement": "after_patches",
+                                             "before_ln_pre": True, "init": "normal"}),
+    "vfpt": ({"name": "zeroshot"}, {"name": "vpt", "n_tokens": 5, "depth": 2, "fourier": "both", "dropout": 0.1}),
+    "coop+vpt_shallow": ({"name": "coop", "n_ctx": 4}, {"name": "vpt", "n_tokens": 4}),
+}
+
+
+@pytest.fixture(scope="module")
+def rn():
+    return FrozenCLIP.load("tiny-rn")
+
+
+@pytest.fixture(scope="module")
+def vit_b16():
+    return FrozenCLIP.load("ViT-B-16", pretrained=None)
+
+
+def learner(backbone, options, classes=CLASSES, seed=0):
+    torch.manual_seed(seed)
+    cls = LEARNERS.get(options["name"])
+    return cls(cls.Config(**options), backbone, classes)
+
+
+def build_model(backbone, setup, seed=0):
+    text, vision = SETUPS[setup]
+    return PromptedCLIP(backbone, learner(backbone, text, seed=seed),
+                        learner(backbone, vision, seed=seed) if vision else None)
+
+
+def batch(n=6):
+    g = torch.Generator().manual_seed(5)
+    return torch.randn(n, 3, 32, 32, generator=g), torch.arange(n) % len(CLASSES)
+
+
+@pytest.mark.parametrize("setup", SETUPS)
+def test_gradients_reach_exactly_the_prompts(tiny, setup):
+    model = build_model(tiny, setup)
+    model.train()
+    x, y = batch()
+    model(x, y).loss.backward()
+    learned = {n: p for n, p in model.named_parameters() if not n.startswith("backbone.")}
+    assert learned and {n for n, p in model.named_parameters() if p.requires_grad} == set(learned)
+    for name, p in learned.items():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert all(p.grad is None for p in model.backbone.parameters())
+
+
+def eval_loss(model, x, y):
+    """The loss without dropout, so that before and after are comparable."""
+    model.eval()
+    with torch.no_grad():
+        loss = model(x, y).loss.item()
+    model.train()
+    return loss
+
+
+@pytest.mark.parametrize("setup", SETUPS)
+def test_training_lowers_the_loss(tiny, setup):
+    model = build_model(tiny, setup)
+    x, y = batch()
+    before = eval_loss(model, x, y)
+    # Adam with a small lr: the random tiny text tower has large prompt gradients (|g| ≈ 100·|ctx|)
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=3e-4)
+    for _ in range(6):
+        loss = model(x, y).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert eval_loss(model, x, y) < 0.98 * before
+
+
+@pytest.mark.parametrize("setup", SETUPS)
+def test_save_load_gives_identical_logits(tiny, setup, tmp_path):
+    model = build_model(tiny, setup, seed=0)
+    with torch.no_grad():  # move away from the initialisation so a fresh learner would differ
+        for p in model.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    fresh = build_model(tiny, setup, seed=1)
+    for side, trained in model.learners().items():
+        state = trained.state_dict()
+        assert set(state) == {n for n, _ in trained.named_parameters()}  # class-derived buffers are not saved
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / f"{side}.safetensors")
+        fresh.learners()[side].load_state_dict(load_file(tmp_path / f"{side}.safetensors"), strict=True)
+    model.eval()
+    fresh.eval()
+    x, _ = batch(3)
+    with torch.no_grad():
+        assert torch.allclose(model(x).logits, fresh(x).logits, atol=1e-6)
+        fresh.set_classnames(["airplane", "car", "bird", "ship"])  # every learner moves to new classes
+        assert fresh(x).logits.shape == (3, 4)
+
+
+@pytest.mark.parametrize("options", [{"name": "vpt"}, {"name": "maple", "depth": 2},
+                                     {"name": "ivlp", "text_depth": 2, "vision_depth": 2}])
+def test_vision_prompts_on_a_resnet_are_refused(rn, options):
+    with pytest.raises(BackboneError, match="need a ViT image tower"):
+        learner(rn, options)
+
+
+def test_text_only_learners_work_on_a_resnet(rn):
+    x, y = batch(2)
+    for options in ({"name": "cocoop"}, {"name": "ivlp", "text_depth": 2, "n_vision": 0}):
+        out = PromptedCLIP(rn, learner(rn, options))(x, y)
+        assert out.logits.shape == (2, len(CLASSES)) and torch.isfinite(out.loss)
+
+
+def test_composition_errors(tiny):
+    vpt = learner(tiny, {"name": "vpt"})
+    for deep in ({"name": "maple", "depth": 2}, {"name": "ivlp", "text_depth": 2, "vision_depth": 2}):
+        with pytest.raises(ConfigError, match="already prompts the image tower.*vision=null"):
+            PromptedCLIP(tiny, learner(tiny, deep), vpt)
+    with pytest.raises(ConfigError, match="does not prompt the text tower"):
+        PromptedCLIP(tiny, vpt)
+    zeroshot = learner(tiny, {"name": "zeroshot"})
+    with pytest.raises(ConfigError, match="prompts both towers.*text.name=maple"):
+        PromptedCLIP(tiny, zeroshot, learner(tiny, {"name": "maple", "depth": 2}))
+    with pytest.raises(ConfigError, match="does not prompt the image tower"):  # IVLP without vision tokens
+        PromptedCLIP(tiny, zeroshot, learner(tiny, {"name": "ivlp", "text_depth": 2, "n_vision": 0}))
+
+
+MY_PRESETS = ["methods/cocoop", "methods/maple", "methods/maple_xd", "methods/ivlp", "methods/vpt_deep_clip",
+              "methods/vpt_shallow", "methods/vfpt", "methods/dapt"] + \
+    sorted(f"dapt/{p.stem}" for p in (CONFIG_DIR / "dapt").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONFIG_DIR / "methods").glob("*.yaml")))
+def test_method_presets_parse(preset):
+    assert build_config([f"methods/{preset}"], ["data.root=/tmp"]).text is not None
+
+
+def test_presets_build_on_vit_b16(vit_b16):
+    assert len(MY_PRESETS) == 8 + 11
+    for name in MY_PRESETS:
+        cfg = build_config([name], ["data.root=/tmp"])
+        text = build_learner(cfg.text, vit_b16, CLASSES, "a photo of a {}.")
+        vision = build_learner(cfg.vision, vit_b16, CLASSES, "a photo of a {}.") if cfg.vision else None
+        PromptedCLIP(vit_b16, text, vision, {k: LOSSES.get(k)(v) for k, v in cfg.losses.items()})
+
+
+@pytest.mark.parametrize("dataset, lr, beta_v, beta_t", [("DescribableTextures", 20, 100, 0.01),
+                                                         ("EuroSAT", 20, 100, 10), ("ImageNet", 2, 0.01, 0.01),
+                                                         ("OxfordFlowers", 0.002, 10, 0.01)])
+def test_dapt_dataset_presets(dataset, lr, beta_v, beta_t):
+    cfg = build_config([f"dapt/{dataset}"], ["data.root=/tmp"])
+    assert (cfg.optim.lr, cfg.losses["dapt_intra"].weight, cfg.losses["dapt_inter"].weight) == (lr, beta_v, beta_t)
+    assert cfg.losses["dapt_inter"].t == 2.0 and cfg.text.n_ctx == 16 and cfg.vision.n_tokens == 16
+
+
+@pytest.mark.parametrize("options, count", [
+    ({"name": "cocoop"}, 35_360),  # 4·512 + (512·32 + 32) + (32·512 + 512)
+    ({"name": "maple"}, 3_555_072),  # 9·2·512 + 9·(512·768 + 768)
+    ({"name": "ivlp"}, 30_720),  # 12·2·512 + 12·2·768
+    ({"name": "vpt", "n_tokens": 8, "depth": 12}, 73_728),  # 12·8·768
+])
+def test_vit_b16_parameter_counts(vit_b16, options, count):
+    assert sum(p.numel() for p in learner(vit_b16, options).parameters()) == count
+
+
+def test_vit_b16_widths_and_vpt_init(vit_b16):
+    maple = learner(vit_b16, {"name": "maple"})
+    assert maple.vision_prompts(vit_b16).tokens[8].shape == (2, 768) and maple.text_deep.tokens.shape == (8, 2, 512)
+    assert 0.0624 < learner(vit_b16, {"name": "vpt"}).prompts.tokens.abs().max() <= 0.0625  # sqrt(6 / (3·16² + 768))
