@@ -13,10 +13,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -157,7 +157,9 @@ class FrozenCLIP(nn.Module):
             log.warning("model.pretrained=%r is ignored: %r names its own weights.", pretrained, name)
             pretrained = None
         try:
-            with _quiet_root_logger(name in TINY_MODELS):
+            # random weights come from a fixed seed, so saved prompts reload onto the very same random backbone
+            with _quiet_root_logger(name in TINY_MODELS), torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
                 model = open_clip.create_model(name, **kwargs)
         except RuntimeError as err:
             if "download" in str(err).lower() or "offline" in str(err).lower():

@@ -31,23 +31,23 @@ def _config(args, extra_presets: List[str] = ()):
 
 
 def cmd_train(args) -> int:
+    """One run; under torchrun (``torchrun --nproc_per_node N -m promptclip train ...``) one DDP run."""
     from .engine import run
-
-    result = run(_config(args), progress=not args.quiet, distributed=_distributed())
-    if result.get("test"):
-        print(f"test accuracy {result['test']['accuracy']:.2f}%  macro-F1 {result['test']['macro_f1']:.2f}%")
-    return 0
-
-
-def _distributed():
-    """A distributed context when launched by torchrun, else None."""
-    import os
-
-    if "LOCAL_RANK" not in os.environ:
-        return None
     from .engine.distributed import Distributed
 
-    return Distributed.from_env()
+    cfg = _config(args)
+    distributed = Distributed.from_env()
+    main_process = distributed is None or distributed.is_main
+    if not main_process:
+        logging.getLogger("promptclip").setLevel(logging.WARNING)
+    try:
+        result = run(cfg, progress=main_process and not args.quiet, distributed=distributed)
+    finally:
+        if distributed is not None:
+            distributed.close()
+    if main_process and result.get("test"):
+        print(f"test accuracy {result['test']['accuracy']:.2f}%  macro-F1 {result['test']['macro_f1']:.2f}%")
+    return 0
 
 
 def cmd_zeroshot(args) -> int:
@@ -141,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Print the config a train command would use, or --list presets."))
     p.add_argument("--list", action="store_true", help="list the presets")
     p.set_defaults(func=cmd_config)
+    from .bench.commands import add_bench_commands
+    from .data.commands import add_data_commands
+
+    add_data_commands(sub)
+    add_bench_commands(sub)
     return parser
 
 

@@ -113,7 +113,7 @@ class Config:
 
 # ------------------------------------------------------------------------------------------------ conversion
 def _registry(kind: str):
-    from . import learners, losses  # noqa: F401  (fills the registries)
+    from . import learners, linear_probe, losses  # noqa: F401  (fills the registries)
     from .learners.base import LEARNERS
     from .losses import LOSSES
 

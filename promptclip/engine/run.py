@@ -16,6 +16,7 @@ from typing import Callable, Dict, Optional, Sequence, Union
 
 import torch
 
+from .. import linear_probe
 from ..backbone import FrozenCLIP
 from ..config import Config, load_resolved, to_yaml
 from ..data.base import Dataset, load_dataset
@@ -26,7 +27,8 @@ from ..learners.base import build_learner
 from ..losses import LOSSES, PrepareContext
 from ..model import PromptedCLIP
 from ..utils import atomic_write_json, atomic_write_text, seed_everything, versions
-from .evaluate import evaluate
+from .cache import feature_loader, frozen_features, single_pass_features
+from .evaluate import metrics_from_predictions, predict_loader
 from .precision import resolve_device, resolve_precision
 from .prompts import load_prompts, save_prompts
 from .trainer import train
@@ -35,11 +37,18 @@ log = logging.getLogger("promptclip")
 RESULT = "result.json"
 
 
+def dataset_label(cfg: Config) -> str:
+    """The dataset's name in folder names: the folder for imagefolder, the file stem for a description YAML."""
+    if cfg.data.name == "imagefolder" and cfg.data.root:
+        return Path(cfg.data.root).name
+    return Path(cfg.data.name).stem if cfg.data.name.endswith((".yaml", ".yml")) else cfg.data.name
+
+
 def run_dir_for(cfg: Config) -> Path:
     if cfg.output.dir:
         return Path(cfg.output.dir)
     shots = f"shots_{cfg.data.shots}" if cfg.data.shots > 0 else "all_shots"
-    dataset = Path(cfg.data.name).stem if cfg.data.name.endswith((".yaml", ".yml")) else cfg.data.name
+    dataset = dataset_label(cfg)
     return Path(cfg.output.root) / cfg.method_name / dataset / cfg.data.subsample / shots / f"seed_{cfg.seed}"
 
 
@@ -91,6 +100,11 @@ def run(cfg: Config, progress: bool = True, on_epoch_end: Optional[Callable[[int
     started = time.time()
     dataset = prepare_data(cfg, split_dir=run_dir)
     backbone = backbone if backbone is not None else load_backbone(cfg, device)
+    if linear_probe.is_linear_probe(cfg):  # logistic regression on frozen features instead of prompts
+        if not is_main:
+            return {}
+        fields = linear_probe.fit_linear_probe(cfg, backbone, dataset, device, precision, run_dir, progress)
+        return _finish(run_dir, cfg, dataset, {**fields, "train_seconds": round(time.time() - started, 2)})
     model = build_model(cfg, backbone, dataset).to(device)
     log.info("%s on %s (%d classes, %d training images): %s", cfg.method_name, dataset.name,
              dataset.num_classes, len(dataset.train), model.parameter_report())
@@ -98,28 +112,36 @@ def run(cfg: Config, progress: bool = True, on_epoch_end: Optional[Callable[[int
         context = PrepareContext(backbone=backbone, num_classes=dataset.num_classes,
                                  train_loader=_prototype_loader(cfg, backbone, dataset),
                                  cache_dir=Path(cfg.output.cache_dir),
-                                 cache_key=_draw_key(cfg, dataset), device=device)
+                                 cache_key=_draw_key(cfg, dataset), device=device,
+                                 image_features=single_pass_features(backbone, cfg.output.cache_dir, cfg.seed,
+                                                                     device, precision, progress))
         for loss in model.losses.values():
             loss.prepare(context)
     last = {}
     if cfg.train.epochs > 0:
         last = train(model, dataset.train, cfg, device, precision, run_dir, progress, on_epoch_end,
                      **(distributed.train_hooks(dataset.train, cfg) if distributed is not None else {}))
-    train_seconds = time.time() - started
+    fields = {"num_parameters": sum(p.numel() for p in model.trainable_parameters()), "train_loss": last.get("loss"),
+              "train_seconds": round(time.time() - started, 2)}
+    if cfg.train.evaluate:  # every process evaluates its shard when distributed
+        fields["test"] = evaluate_model(model, dataset, cfg, device, precision, progress, distributed=distributed)
     if not is_main:
         return {}
     save_prompts(model, run_dir, cfg.method_name, {"dataset": dataset.name, "subsample": cfg.data.subsample})
+    return _finish(run_dir, cfg, dataset, fields)
+
+
+def _finish(run_dir: Path, cfg: Config, dataset: Dataset, fields: dict) -> dict:
+    """Write ``result.json`` (the run's identity, then ``fields``) and drop the checkpoint."""
     result = {
         "method": cfg.method_name, "dataset": dataset.name, "subsample": cfg.data.subsample,
         "shots": cfg.data.shots, "seed": cfg.seed, "model": cfg.model.name, "pretrained": cfg.model.pretrained,
         "num_classes": dataset.num_classes, "num_train_images": len(dataset.train),
-        "draw_checksum": dataset_checksum(dataset), "num_parameters": sum(p.numel() for p in model.trainable_parameters()),
-        "train_loss": last.get("loss"), "train_seconds": round(train_seconds, 2), "versions": versions(),
+        "draw_checksum": dataset_checksum(dataset), **fields, "versions": versions(),
+        "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
     }
-    if cfg.train.evaluate:
-        result["test"] = evaluate_model(model, dataset, cfg, device, precision, progress)
+    if "test" in result:
         log.info("%s on %s: test accuracy %.2f%%", cfg.method_name, dataset.name, result["test"]["accuracy"])
-    result["finished_at"] = datetime.datetime.now().isoformat(timespec="seconds")
     atomic_write_json(run_dir / RESULT, result)
     shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)  # the result and prompts are final now
     return result
@@ -137,20 +159,39 @@ def _prototype_loader(cfg: Config, backbone: FrozenCLIP, dataset: Dataset):
 
 
 def evaluate_model(model: PromptedCLIP, dataset: Dataset, cfg: Config, device, precision, progress=True,
-                   split: str = "test") -> Dict:
+                   split: str = "test", distributed=None) -> Dict:
+    """Metrics on ``split``. Image features that do not depend on prompts come from the feature cache; with
+    ``distributed``, each process predicts its shard of the items and the predictions are gathered."""
     items = dataset.split(split)
     if not items:
         raise ConfigError(f"{dataset.name} has no {split} images to evaluate on.")
-    loader = eval_loader(items, transform_for(model.backbone, train=False), cfg.train.eval_batch_size,
-                         cfg.data.num_workers)
-    return evaluate(model, loader, device, precision, desc=f"eval {dataset.name}", progress=progress)
+    if distributed is not None:
+        items = distributed.shard(items)
+    batch, workers = cfg.train.eval_batch_size, cfg.data.num_workers
+    if not items:  # more processes than images
+        preds, labels = torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    elif model.prompts_vision:
+        loader = eval_loader(items, transform_for(model.backbone, train=False), batch, workers)
+        logits, labels = predict_loader(model, loader, device, precision, f"eval {dataset.name}", progress=progress)
+        preds = logits.argmax(-1)
+    else:
+        features, labels = frozen_features(model.backbone, items, cfg.output.cache_dir, batch, workers, device,
+                                           precision, f"features {dataset.name}", progress)
+        logits, labels = predict_loader(model, feature_loader(features, labels, batch), device, precision,
+                                        f"eval {dataset.name}", image_features=lambda cached: cached,
+                                        progress=progress)
+        preds = logits.argmax(-1)
+    if distributed is not None:
+        preds, labels = distributed.gather(preds, labels)
+    return metrics_from_predictions(preds, labels, len(model.classnames))
 
 
 def evaluate_run(run_dir: Union[str, Path], overrides: Sequence[str] = (), progress: bool = True,
-                 force: bool = False) -> dict:
+                 force: bool = False, label: Optional[str] = None) -> dict:
     """Evaluate a finished run's prompts on another class set or dataset (``data.name``, ``data.subsample``...).
 
-    The result goes to ``run_dir/evals/<dataset>-<subsample>.json``; an existing one is returned unless ``force``.
+    The result goes to ``run_dir/evals/<dataset>-<subsample>.json`` (``<label>-<subsample>.json`` when a label is
+    given, e.g. to tell two image folders apart); an existing one is returned unless ``force``.
     """
     from ..config import merge, parse_override, from_dict, to_dict
 
@@ -160,7 +201,7 @@ def evaluate_run(run_dir: Union[str, Path], overrides: Sequence[str] = (), progr
     for text in overrides:
         data = merge(data, parse_override(text))
     cfg = from_dict(Config, data)
-    dataset_name = Path(cfg.data.name).stem
+    dataset_name = label or dataset_label(cfg)
     out = run_dir / "evals" / f"{dataset_name}-{cfg.data.subsample}.json"
     if out.is_file() and not force:
         return json.loads(out.read_text())

@@ -84,10 +84,12 @@ def _keep_metrics_before(path: Path, epoch: int) -> None:
 
 def train(model: PromptedCLIP, items: List[Item], cfg: Config, device: torch.device, precision: str,
           run_dir: Path, progress: bool = True, on_epoch_end: Optional[Callable[[int], None]] = None,
-          sampler_factory: Optional[Callable] = None, wrap: Optional[Callable] = None) -> dict:
+          sampler_factory: Optional[Callable] = None, wrap: Optional[Callable] = None,
+          batch_size: Optional[int] = None, is_main: bool = True) -> dict:
     """Train the model's prompts on ``items``; resumes from ``run_dir/checkpoint`` if present.
 
-    ``sampler_factory(epoch)`` and ``wrap(model)`` are the hooks distributed training uses.
+    ``sampler_factory(epoch)``, ``wrap(model)``, ``batch_size`` (this process's share of ``train.batch_size``) and
+    ``is_main`` (only the main process writes metrics and checkpoints) are the hooks distributed training uses.
     """
     tc = cfg.train
     params = model.trainable_parameters()
@@ -101,7 +103,8 @@ def train(model: PromptedCLIP, items: List[Item], cfg: Config, device: torch.dev
     if ckpt.exists():
         start = load_checkpoint(ckpt, model, optimizer, scaler, device)
         log.info("Resuming %s from epoch %d/%d.", run_dir, start, tc.epochs)
-    _keep_metrics_before(metrics_path, start)
+    if is_main:
+        _keep_metrics_before(metrics_path, start)
     forward = wrap(model) if wrap is not None else model
     transform = transform_for(model.backbone, train=cfg.data.augment)
     accum = max(1, tc.accum_steps)
@@ -115,7 +118,7 @@ def train(model: PromptedCLIP, items: List[Item], cfg: Config, device: torch.dev
         torch.manual_seed(epoch_seed(cfg.seed, epoch))
         generator = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
         sampler = sampler_factory(epoch) if sampler_factory is not None else None
-        loader = train_loader(items, transform, tc.batch_size, generator, cfg.data.num_workers, sampler)
+        loader = train_loader(items, transform, batch_size or tc.batch_size, generator, cfg.data.num_workers, sampler)
         model.train()
         started = time.time()
         totals: dict = {}
@@ -146,12 +149,13 @@ def train(model: PromptedCLIP, items: List[Item], cfg: Config, device: torch.dev
                               f"(now {cfg.optim.lr}) or use train.precision=fp32.")
         last = {"epoch": epoch, "lr": lr, **{k: v / max(seen, 1) for k, v in totals.items()},
                 "train_accuracy": 100.0 * correct / max(seen, 1), "seconds": round(time.time() - started, 3)}
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(last) + "\n")
         bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['train_accuracy']:.1f}")
         finished = epoch + 1
-        if tc.checkpoint_every and (finished % tc.checkpoint_every == 0 or finished == tc.epochs):
-            save_checkpoint(ckpt, finished, model, optimizer, scaler)
+        if is_main:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(last) + "\n")
+            if tc.checkpoint_every and (finished % tc.checkpoint_every == 0 or finished == tc.epochs):
+                save_checkpoint(ckpt, finished, model, optimizer, scaler)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     return last

@@ -1,0 +1,93 @@
+"""``promptclip bench PROTOCOL`` and ``promptclip report DIR``: argparse wiring over the bench library."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import List
+
+from ..utils import atomic_write_json
+from .protocols import RunSpec, expand, load_protocol, manifest, split_overrides, sweep_root
+from .report import write_report
+from .sweep import config_changes, parse_shard, run_sweep, shard, status
+
+BENCH_HELP = """Run a benchmark protocol: every (method, dataset, shots, seed) run and its evaluations.
+Finished runs are skipped and interrupted ones resume, so rerun the same command after a kill or a crash.
+
+overrides:  seeds=[1] shots=[16] datasets=[DescribableTextures]  change the protocol's lists
+            data.root=/data model.name=ViT-B-16                    set a config key in every run
+            coop:train.epochs=1                                    set a config key in one method's runs"""
+
+
+def add_bench_commands(subparsers) -> None:
+    """Add ``bench`` and ``report`` to an argparse subparsers object; each handler returns an exit code."""
+    bench = subparsers.add_parser("bench", help="run a benchmark protocol (a resumable sweep of runs)",
+                                  description=BENCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_argument("protocol", help="a protocol in configs/protocols (few_shot, base_to_new, cross_dataset, "
+                                        "domain_generalization) or a protocol YAML file")
+    bench.add_argument("overrides", nargs="*", help="protocol keys, config keys or METHOD:config keys (key=value)")
+    bench.add_argument("--dry-run", action="store_true", help="list the runs and their state; run nothing")
+    bench.add_argument("--shard", metavar="i/n", help="run only every n-th run starting at i (0-based), e.g. one "
+                                                      "SLURM array task: --shard $SLURM_ARRAY_TASK_ID/8")
+    bench.add_argument("--gpus", type=int, default=0, metavar="N",
+                       help="run N runs at a time, each in its own process on its own GPU")
+    bench.add_argument("--keep-going", action="store_true", help="after a failed run, go on with the others")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    bench.set_defaults(func=bench_command)
+
+    report = subparsers.add_parser("report", help="tables (Markdown, CSV) and plots of a sweep folder",
+                                   description="Mean ± std over seeds per dataset, averages, base/new/H, published "
+                                               "numbers beside ours; missing runs are listed.")
+    report.add_argument("dir", type=Path, help="a sweep folder (output.root of a protocol)")
+    report.add_argument("--out", type=Path, help="where to write the report (default DIR/report)")
+    report.add_argument("--no-plots", action="store_true", help="tables only")
+    report.set_defaults(func=report_command)
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    protocol_keys, common, scoped = split_overrides(args.overrides)
+    protocol = load_protocol(args.protocol, protocol_keys)
+    runs = expand(protocol, common, scoped)
+    root = sweep_root(protocol, common)
+    selected = shard(runs, *parse_shard(args.shard)) if args.shard else runs
+    where = f" (shard {args.shard}: {len(selected)})" if args.shard else ""
+    print(f"{protocol.name}: {len(runs)} runs{where} under {root}")
+    if args.dry_run:
+        print_plan(selected)
+        return 0
+    atomic_write_json(root / f"protocol-{protocol.name}.json", manifest(protocol, runs, root, args.overrides))
+    outcome = run_sweep(selected, gpus=args.gpus, keep_going=args.keep_going, progress=not args.no_progress)
+    print(f"Finished {len(outcome.finished)} runs, {len(outcome.skipped)} were already done, "
+          f"{len(outcome.failed)} failed.")
+    for run_id, error in outcome.failed.items():
+        print(f"  FAILED {run_id}: {error}")
+    print(f"Tables: promptclip report {root}")
+    return 1 if outcome.failed else 0
+
+
+def print_plan(runs: List[RunSpec]) -> None:
+    """One line per run: state, folder, the settings that differ most between methods, evaluations."""
+    counts: dict = {}
+    print(f"{'state':<9} {'run':<60} {'epochs':>6} {'lr':>8} {'batch':>5}  evaluations")
+    for spec in runs:
+        state = status(spec)
+        counts[state] = counts.get(state, 0) + 1
+        cfg = spec.config
+        evaluations = _evaluations_text(spec)
+        print(f"{state:<9} {spec.id:<60} {cfg.train.epochs:>6} {cfg.optim.lr:>8g} {cfg.train.batch_size:>5}  "
+              f"{evaluations}")
+        changed = config_changes(spec) if state != "todo" else []
+        if changed:
+            print(f"{'':<9} ! its folder holds a run made with other settings: {', '.join(changed[:6])}")
+    print(", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+
+
+def _evaluations_text(spec: RunSpec) -> str:
+    names = [e.subsample if e.dataset == spec.dataset else e.dataset for e in spec.evaluations]
+    return "-" if not names else ", ".join(names) if len(names) <= 4 else f"{len(names)}: {', '.join(names[:3])}, ..."
+
+
+def report_command(args: argparse.Namespace) -> int:
+    report = write_report(args.dir, args.out, plots=not args.no_plots)
+    print(report.markdown.read_text())
+    print(f"Written: {report.markdown}, {', '.join(str(p) for p in report.csvs + report.plots)}")
+    return 0

@@ -1,0 +1,456 @@
+"""Tables and plots from a sweep folder: mean ± std over seeds, averages over datasets, published numbers beside.
+
+``write_report(DIR)`` reads the sweep manifests ``DIR/protocol-<name>.json`` written by ``bench`` (which list every
+planned run, so runs still missing are named and never silently averaged over) or, without one, every
+``result.json`` under DIR. Per protocol kind:
+
+- few-shot: one row per (method, shots), one column per dataset, then the average over datasets;
+- base-to-new: base (B), new (N) and H = 2BN/(B+N) per dataset from the seed-averaged B and N; the average row's H
+  comes from the averaged B and N, as the papers compute it;
+- cross-dataset / domain generalization: the source dataset, each target, and the average over the targets.
+
+A cell is ``mean ± std`` (population std over seeds, as the reference scripts print it); ``†`` marks a cell with
+fewer seeds than planned; an average needs every dataset. Published numbers (``published.py``) appear beside ours
+with the difference (ours − published) when the runs used the published backbone with OpenAI weights. Outputs:
+``report.md``, one CSV per protocol (long format), and PNG plots when matplotlib is installed (extra ``plot``).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
+
+from ..engine.run import RESULT
+from .published import AVERAGE, ELEVEN, SHIFTS, Number, lookup
+
+log = logging.getLogger("promptclip")
+K = TypeVar("K")
+R = TypeVar("R")
+TRANSFER = ("cross_dataset", "domain_generalization")
+DAGGER = "†"
+
+
+# ------------------------------------------------------------------------------------------------ collecting
+@dataclass
+class Record:
+    """A planned or found run: its accuracy and its evaluations' (None where missing)."""
+
+    id: str
+    method: str
+    dataset: str
+    subsample: str
+    shots: int
+    seed: int
+    model: str
+    pretrained: Optional[str]
+    accuracy: Optional[float]
+    evals: Dict[Tuple[str, str], Optional[float]] = field(default_factory=dict)  # (dataset, subsample) → acc
+
+
+@dataclass
+class Sweep:
+    name: str
+    kind: str
+    description: str
+    records: List[Record]
+
+    def missing(self) -> List[str]:
+        lines = []
+        for r in self.records:
+            if r.accuracy is None:
+                lines.append(f"{r.id}: not finished")
+            lines += [f"{r.id}: evaluation on {d} ({s} classes) missing" for (d, s), acc in r.evals.items()
+                      if acc is None and r.accuracy is not None]
+        return lines
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _accuracy(data: Optional[dict]) -> Optional[float]:
+    return data["test"]["accuracy"] if data and "test" in data else None
+
+
+def _from_manifest(path: Path) -> Sweep:
+    root = path.parent
+    data = json.loads(path.read_text())
+    records = []
+    for run in data["runs"]:
+        records.append(Record(
+            run["id"], run["method"], run["dataset"], run["subsample"], run["shots"], run["seed"], run["model"],
+            run["pretrained"], _accuracy(_read_json(root / run["dir"] / RESULT)),
+            {(e["dataset"], e["subsample"]): _accuracy(_read_json(root / e["file"])) for e in run["evaluations"]}))
+    return Sweep(data["protocol"], data["kind"], data.get("description", ""), records)
+
+
+def _from_results(root: Path) -> Sweep:
+    """Every finished run under ``root`` (no manifest: nothing is known to be missing)."""
+    records = []
+    for path in sorted(root.rglob(RESULT)):
+        result = json.loads(path.read_text())
+        evals = {}
+        for file in sorted((path.parent / "evals").glob("*.json")):
+            label, subsample = file.stem.rsplit("-", 1)
+            evals[(label, subsample)] = _accuracy(_read_json(file))
+        records.append(Record(str(path.parent.relative_to(root)), result["method"], result["dataset"],
+                              result["subsample"], result["shots"], result["seed"], result["model"],
+                              result.get("pretrained"), _accuracy(result), evals))
+    return Sweep(root.name, _infer_kind(records), "", records)
+
+
+def _infer_kind(records: Sequence[Record]) -> str:
+    if any((r.dataset, "new") in r.evals for r in records):
+        return "base_to_new"
+    targets = {d for r in records for (d, s) in r.evals if d != r.dataset}
+    if targets:
+        return "domain_generalization" if {canonical(d) for d in targets} <= set(SHIFTS) else "cross_dataset"
+    return "few_shot"
+
+
+def collect(directory: Path) -> List[Sweep]:
+    directory = Path(directory)
+    manifests = sorted(directory.glob("protocol-*.json"))
+    if manifests:
+        return [_from_manifest(m) for m in manifests]
+    sweep = _from_results(directory)
+    return [sweep] if sweep.records else []
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+@dataclass(frozen=True)
+class Stat:
+    mean: float
+    std: float
+    n: int  # seeds found
+    planned: int  # seeds planned
+
+    @property
+    def complete(self) -> bool:
+        return self.n == self.planned
+
+    def text(self) -> str:
+        return f"{self.mean:.2f} ± {self.std:.2f}{'' if self.complete else DAGGER}"
+
+
+def stat(values: Sequence[Optional[float]]) -> Optional[Stat]:
+    """Mean and population std of the values found (None: missing) among those planned."""
+    found = [v for v in values if v is not None]
+    if not found:
+        return None
+    mean = sum(found) / len(found)
+    return Stat(mean, math.sqrt(sum((v - mean) ** 2 for v in found) / len(found)), len(found), len(values))
+
+
+def harmonic(base: float, new: float) -> float:
+    return 2 * base * new / (base + new) if base + new else 0.0
+
+
+def canonical(name: str) -> str:
+    """A benchmark's canonical name for any of its aliases (``dtd`` → ``DescribableTextures``)."""
+    from ..data.benchmarks import find_benchmark
+
+    bench = find_benchmark(name)
+    return bench.name if bench is not None else name
+
+
+def _group(items: Iterable[R], key: Callable[[R], K]) -> Dict[K, List[R]]:
+    out: Dict[K, List[R]] = {}
+    for item in items:
+        out.setdefault(key(item), []).append(item)
+    return out
+
+
+def _unique(values: Iterable[K]) -> List[K]:
+    return list(dict.fromkeys(values))
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def _diff(ours: Optional[float], published: Optional[Number]) -> Optional[float]:
+    return None if ours is None or published is None else ours - published.value
+
+
+def _signed(value: Optional[float]) -> str:
+    return "—" if value is None else f"{value:+.2f}"
+
+
+# ------------------------------------------------------------------------------------------------ tables
+@dataclass
+class Table:
+    title: str
+    header: List[str]
+    rows: List[List[str]] = field(default_factory=list)
+    csv: List[dict] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |",
+                 "|" + "---|" * len(self.header)]
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+
+def _csv_row(sweep: Sweep, method: str, shots: int, dataset: str, metric: str, value: Optional[Stat],
+             mean: Optional[float] = None, published: Optional[Number] = None) -> dict:
+    mean = value.mean if value is not None else mean
+    return {"protocol": sweep.name, "kind": sweep.kind, "method": method, "shots": shots, "dataset": dataset,
+            "metric": metric, "mean": _round(mean), "std": _round(value.std if value else None),
+            "seeds": value.n if value else "", "planned_seeds": value.planned if value else "",
+            "published": published.value if published else "", "published_status": published.status if published
+            else "", "difference": _round(_diff(mean, published))}
+
+
+def _round(value: Optional[float]) -> object:
+    return "" if value is None else round(value, 4)
+
+
+def _published(kind: str, rows: Sequence[Record], dataset: str, metric: str) -> Optional[Number]:
+    first = rows[0]
+    return lookup(kind, first.method, dataset, metric, first.model, first.pretrained, first.shots)
+
+
+def few_shot_table(sweep: Sweep) -> Tuple[Table, dict]:
+    """Rows (method, shots), columns datasets + average; and the plot data {method: {dataset: {shots: Stat}}}."""
+    datasets = _unique(r.dataset for r in sweep.records)
+    compare_average = {canonical(d) for d in datasets} == set(ELEVEN)
+    table = Table("Test accuracy (%)", ["method", "shots", *datasets, "average", "published avg", "Δ avg"])
+    plot: Dict[str, Dict[str, Dict[int, Stat]]] = {}
+    for (method, shots), rows in _group(sweep.records, lambda r: (r.method, r.shots)).items():
+        cells = {d: stat([r.accuracy for r in rows if r.dataset == d]) for d in datasets}
+        means = [c.mean for c in cells.values() if c is not None]
+        average = sum(means) / len(means) if len(means) == len(datasets) else None
+        average_complete = average is not None and all(c.complete for c in cells.values())
+        published = _published("few_shot", rows, AVERAGE, "accuracy") if compare_average else None
+        table.rows.append([method, str(shots), *[c.text() if c else "—" for c in cells.values()],
+                           _fmt(average) + ("" if average is None or average_complete else DAGGER),
+                           _published_text(published), _signed(_diff(average, published))])
+        table.csv += [_csv_row(sweep, method, shots, d, "accuracy", c) for d, c in cells.items()]
+        table.csv.append(_csv_row(sweep, method, shots, AVERAGE, "accuracy", None, average, published))
+        for d, c in cells.items():
+            if c is not None:
+                plot.setdefault(method, {}).setdefault(d, {})[shots] = c
+        if average is not None:
+            plot.setdefault(method, {}).setdefault(AVERAGE, {})[shots] = Stat(average, 0.0, 1, 1)
+    return table, plot
+
+
+def _published_text(number: Optional[Number]) -> str:
+    return "—" if number is None else f"{number.value:.2f}{'' if number.confirmed else ' (as recalled)'}"
+
+
+def base_to_new_table(sweep: Sweep) -> Tuple[Table, dict]:
+    """Per method and dataset: B, N, H (from the mean B and N); the average row's H from the averaged B and N."""
+    datasets = _unique(r.dataset for r in sweep.records)
+    compare_average = {canonical(d) for d in datasets} == set(ELEVEN)
+    table = Table("Base-to-new accuracy (%)", ["method", "dataset", "base", "new", "H", "published B / N / H",
+                                               "Δ B / N / H"])
+    plot: Dict[str, Dict[str, Tuple[float, float, float]]] = {}
+    for (method, shots), rows in _group(sweep.records, lambda r: (r.method, r.shots)).items():
+        means: Dict[str, Tuple[float, float]] = {}
+        for d in datasets:
+            mine = [r for r in rows if r.dataset == d]
+            base, new = stat([r.accuracy for r in mine]), stat([r.evals.get((d, "new")) for r in mine])
+            h = harmonic(base.mean, new.mean) if base and new else None
+            if base and new:
+                means[d] = (base.mean, new.mean)
+                plot.setdefault(method, {})[d] = (base.mean, new.mean, h)
+            published = [_published("base_to_new", mine or rows, canonical(d), m) for m in ("base", "new", "H")]
+            _b2n_row(table, sweep, method, shots, d, (base, new), (base.mean if base else None,
+                                                                  new.mean if new else None, h), published)
+        complete = len(means) == len(datasets)
+        b = sum(v[0] for v in means.values()) / len(means) if complete else None
+        n = sum(v[1] for v in means.values()) / len(means) if complete else None
+        published = [(_published("base_to_new", rows, AVERAGE, m) if compare_average else None)
+                     for m in ("base", "new", "H")]
+        _b2n_row(table, sweep, method, shots, AVERAGE, (None, None),
+                 (b, n, harmonic(b, n) if complete else None), published)
+    return table, plot
+
+
+def _b2n_row(table: Table, sweep: Sweep, method: str, shots: int, dataset: str,
+             stats: Tuple[Optional[Stat], Optional[Stat]], means: Tuple[Optional[float], ...],
+             published: List[Optional[Number]]) -> None:
+    cells = [s.text() if s is not None else _fmt(m) for s, m in zip(stats, means[:2])] + [_fmt(means[2])]
+    status = {p.status for p in published if p is not None}
+    pub = " / ".join(_fmt(p.value if p else None) for p in published)
+    if any(published):
+        pub += "" if status == {"published"} else " (as recalled)" if status == {"published (as recalled)"} \
+            else " (partly as recalled)"
+    table.rows.append([method, dataset, *cells, pub if any(published) else "—",
+                       " / ".join(_signed(_diff(m, p)) for m, p in zip(means, published)) if any(published) else "—"])
+    for metric, s, m, p in zip(("base", "new", "H"), (*stats, None), means, published):
+        table.csv.append(_csv_row(sweep, method, shots, dataset, metric, s, m, p))
+
+
+def transfer_table(sweep: Sweep) -> Tuple[Table, dict]:
+    """Rows (method, source); columns the source, each target and the average over the targets."""
+    targets = _unique(d for r in sweep.records for (d, s) in r.evals if s == "all" and d != r.dataset)
+    compare_average = sweep.kind == "cross_dataset" and {canonical(d) for d in targets} == set(ELEVEN[1:])
+    title = "Cross-dataset transfer" if sweep.kind == "cross_dataset" else "Domain generalization"
+    table = Table(f"{title}: test accuracy (%)", ["method", "shots", "source", "source acc", *targets,
+                                                  "average (targets)"])
+    for (method, shots, source), rows in _group(sweep.records, lambda r: (r.method, r.shots, r.dataset)).items():
+        cells = {source: stat([r.accuracy for r in rows])}
+        cells.update({t: stat([r.evals.get((t, "all")) for r in rows]) for t in targets})
+        means = [cells[t].mean for t in targets if cells[t] is not None]
+        average = sum(means) / len(means) if means and len(means) == len(targets) else None
+        table.rows.append([method, str(shots), source, *[c.text() if c else "—" for c in cells.values()],
+                           _fmt(average)])
+        published = {d: _published(sweep.kind, rows, canonical(d), "accuracy") for d in cells}
+        published[AVERAGE] = _published(sweep.kind, rows, AVERAGE, "accuracy") if compare_average else None
+        if any(published.values()):
+            table.rows.append(["↳ " + ", ".join(sorted({p.status for p in published.values() if p})), "", "",
+                               *[_fmt(p.value if p else None) for p in published.values()]])
+            table.rows.append(["↳ Δ (ours − published)", "", "",
+                               *[_signed(_diff(c.mean if c else None, published[d])) for d, c in cells.items()],
+                               _signed(_diff(average, published[AVERAGE]))])
+        table.csv += [_csv_row(sweep, method, shots, d, "accuracy", c, published=published[d])
+                      for d, c in cells.items()]
+        table.csv.append(_csv_row(sweep, method, shots, AVERAGE, "accuracy", None, average, published[AVERAGE]))
+    return table, {}
+
+
+TABLES = {"few_shot": few_shot_table, "base_to_new": base_to_new_table, "cross_dataset": transfer_table,
+          "domain_generalization": transfer_table}
+
+
+# ------------------------------------------------------------------------------------------------ plots
+def _plot_few_shot(data: Dict[str, Dict[str, Dict[int, Stat]]], out: Path, name: str) -> List[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = _unique(d for per in data.values() for d in per if d != AVERAGE)
+    paths = []
+    for which, panels in (("per_dataset", datasets), ("average", [AVERAGE])):
+        if not any(p in per for per in data.values() for p in panels):
+            continue
+        cols = min(4, len(panels))
+        rows = math.ceil(len(panels) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+        for ax, panel in zip(axes.flat, panels):
+            for method, per in data.items():
+                points = sorted(per.get(panel, {}).items())
+                trained = [(k, s) for k, s in points if k > 0]
+                if trained:
+                    ax.errorbar([k for k, _ in trained], [s.mean for _, s in trained],
+                                yerr=[s.std for _, s in trained], marker="o", capsize=3, label=method)
+                for k, s in points:
+                    if k == 0:  # zero-shot: no training images, a horizontal line
+                        ax.axhline(s.mean, linestyle="--", color="grey", label=f"{method} (0 shots)")
+            ax.set_xscale("log", base=2)
+            shots = sorted({k for per in data.values() for k in per.get(panel, {}) if k > 0})
+            ax.set_xticks(shots, [str(k) for k in shots])
+            ax.minorticks_off()
+            ax.set_title("average over datasets" if panel == AVERAGE else panel)
+            ax.set_xlabel("shots per class")
+            ax.set_ylabel("accuracy (%)")
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.axis("off")
+        axes.flat[0].legend(fontsize=8)
+        fig.tight_layout()
+        path = out / f"{name}-{which}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _plot_base_to_new(data: Dict[str, Dict[str, Tuple[float, float, float]]], out: Path, name: str) -> List[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = _unique(d for per in data.values() for d in per)
+    if not datasets:
+        return []
+    fig, axes = plt.subplots(3, 1, figsize=(max(6, 0.9 * len(datasets) * max(1, len(data))), 9), squeeze=False)
+    width = 0.8 / max(1, len(data))
+    for ax, (index, metric) in zip(axes.flat, enumerate(("base", "new", "H"))):
+        for i, (method, per) in enumerate(data.items()):
+            xs = [j + i * width for j, d in enumerate(datasets) if d in per]
+            ax.bar(xs, [per[d][index] for d in datasets if d in per], width, label=method)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(datasets))], datasets, rotation=30, ha="right")
+        ax.set_ylabel(f"{metric} accuracy (%)" if metric != "H" else "H (%)")
+        ax.grid(axis="y", alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = out / f"{name}-bars.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
+
+
+PLOTS = {"few_shot": _plot_few_shot, "base_to_new": _plot_base_to_new}
+
+
+# ------------------------------------------------------------------------------------------------ the report
+@dataclass
+class Report:
+    markdown: Path
+    csvs: List[Path]
+    plots: List[Path]
+    missing: List[str]
+    tables: Dict[str, Table]  # protocol name → its table
+
+
+def write_report(directory: Path, out: Optional[Path] = None, plots: bool = True) -> Report:
+    """Write ``report.md``, ``<protocol>.csv`` and plots into ``out`` (default ``DIR/report``)."""
+    directory = Path(directory)
+    out = Path(out) if out is not None else directory / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    sweeps = collect(directory)
+    lines = [f"# Results in {directory}", ""]
+    if not sweeps:
+        lines.append("No finished runs and no sweep manifest (protocol-*.json) here.")
+    report = Report(out / "report.md", [], [], [], {})
+    can_plot = plots and _matplotlib_available()
+    for sweep in sweeps:
+        table, plot_data = TABLES[sweep.kind](sweep)
+        report.tables[sweep.name] = table
+        models = sorted({f"{r.model} ({r.pretrained or 'random weights'})" for r in sweep.records})
+        lines += [f"## {sweep.name} ({sweep.kind.replace('_', ' ')})", ""]
+        lines += [sweep.description, ""] if sweep.description else []
+        lines += [f"Backbone: {', '.join(models)}. Cells: mean ± std over seeds; {DAGGER} fewer seeds than planned. "
+                  "Published numbers are shown only for runs on the published backbone with OpenAI weights; "
+                  "\"as recalled\" ones are not yet checked against the papers.", "", table.markdown(), ""]
+        csv_path = out / f"{sweep.name}.csv"
+        with csv_path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(table.csv[0]) if table.csv else ["protocol"])
+            writer.writeheader()
+            writer.writerows(table.csv)
+        report.csvs.append(csv_path)
+        if can_plot and sweep.kind in PLOTS:
+            paths = PLOTS[sweep.kind](plot_data, out, sweep.name)
+            report.plots += paths
+            lines += [f"![{p.stem}]({p.name})" for p in paths] + [""]
+        missing = sweep.missing()
+        report.missing += missing
+        planned = len(sweep.records)
+        done = sum(r.accuracy is not None for r in sweep.records)
+        lines += [f"Runs finished: {done} of {planned}."]
+        if missing:
+            lines += ["", f"Missing ({len(missing)}), not included in any mean:", ""] + [f"- {m}" for m in missing]
+        lines.append("")
+    if plots and not can_plot:
+        lines.append("Plots skipped: matplotlib is not installed (pip install 'promptclip[plot]').")
+        log.warning("Plots skipped: matplotlib is not installed (pip install 'promptclip[plot]').")
+    report.markdown.write_text("\n".join(lines) + "\n")
+    return report
+
+
+def _matplotlib_available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -1,0 +1,259 @@
+"""The resumable sweep: run a protocol's runs one after another (or N at a time, one per GPU) and their evaluations.
+
+A run whose ``result.json`` and evaluation files exist is skipped; an interrupted one resumes from its checkpoint (the
+engine does that), so rerunning the same command after a kill, a crash or a pre-empted job finishes the sweep.
+``--shard i/n`` takes every n-th run starting at i (0-based), so n jobs (a SLURM array) share a sweep without
+overlapping, provided they use the same protocol and overrides.
+
+With ``gpus > 0`` each run is a subprocess (``python -m promptclip.bench.sweep RUN_DIR/sweep-run.json``) with
+``CUDA_VISIBLE_DEVICES`` set to one GPU; its log goes to ``RUN_DIR/sweep.log``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from tqdm.auto import tqdm
+
+from ..config import Config, from_dict, to_dict
+from ..engine.run import RESULT, evaluate_run, read_result, run
+from ..engine.trainer import CHECKPOINT
+from ..errors import ConfigError
+from ..utils import atomic_write_json
+from .protocols import EvalSpec, RunSpec
+
+log = logging.getLogger("promptclip")
+SPEC_FILE = "sweep-run.json"
+LOG_FILE = "sweep.log"
+
+
+def parse_shard(text: str) -> Tuple[int, int]:
+    """``"2/8"`` → ``(2, 8)``; the index is 0-based (SLURM's ``--array=0-7``)."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard must look like i/n (e.g. 0/4), not {text!r}.") from None
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(f"--shard {text}: need n >= 1 and 0 <= i < n (i is 0-based).")
+    return index, count
+
+
+def shard(runs: Sequence[RunSpec], index: int, count: int) -> List[RunSpec]:
+    """Every ``count``-th run starting at ``index``: deterministic, disjoint, together all runs."""
+    return list(runs[index::count])
+
+
+def status(spec: RunSpec) -> str:
+    """done (result and evaluations exist), evaluate (result only), resume (checkpoint), or todo."""
+    if (spec.run_dir / RESULT).is_file():
+        return "done" if all(e.file.is_file() for e in spec.evaluations) else "evaluate"
+    return "resume" if (spec.run_dir / CHECKPOINT).is_file() else "todo"
+
+
+def config_changes(spec: RunSpec) -> List[str]:
+    """Keys whose value in the run folder's saved config differs from what the protocol asks for now."""
+    saved_path = spec.run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return []
+    import yaml
+
+    def flat(data: dict, prefix: str = "") -> Dict[str, object]:
+        out: Dict[str, object] = {}
+        for key, value in data.items():
+            if isinstance(value, dict) and key not in ("options",):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    saved, wanted = flat(yaml.safe_load(saved_path.read_text()) or {}), flat(to_dict(spec.config))
+    return sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+
+
+def summary_line(spec: RunSpec, result: dict, evaluations: Sequence[Tuple[EvalSpec, dict]], seconds: float) -> str:
+    """``coop DescribableTextures all shots 16 seed 1: 63.20% | new 55.10% (3m12s)``."""
+    parts = [f"{result['test']['accuracy']:.2f}%" if "test" in result else "no test"]
+    parts += [f"{e.dataset}{'' if e.subsample == 'all' else ' ' + e.subsample} {r['test']['accuracy']:.2f}%"
+              for e, r in evaluations]
+    return (f"{spec.method} {spec.dataset} {spec.subsample} shots {spec.shots} seed {spec.seed}: "
+            f"{' | '.join(parts)} ({_duration(seconds)})")
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def run_one(spec: RunSpec, progress: bool = True, on_epoch_end: Optional[Callable[[int], None]] = None
+            ) -> Tuple[dict, List[Tuple[EvalSpec, dict]]]:
+    """Train and evaluate one run (or read it back), then its evaluations (each read back if done)."""
+    result = run(spec.config, progress=progress, on_epoch_end=on_epoch_end)
+    evaluations = [(e, evaluate_run(spec.run_dir, e.overrides, progress=progress, label=e.dataset))
+                   for e in spec.evaluations]
+    return result, evaluations
+
+
+@dataclass
+class SweepOutcome:
+    finished: List[str] = field(default_factory=list)
+    skipped: List[str] = field(default_factory=list)
+    failed: Dict[str, str] = field(default_factory=dict)  # run id → error
+
+
+class _Bar:
+    """The sweep's progress bar: done / running / left, with a time estimate from the runs done in this call."""
+
+    def __init__(self, total: int, done: int, progress: bool):
+        self.bar = tqdm(total=total, initial=done, desc="sweep", unit="run", disable=not progress, dynamic_ncols=True)
+        self.total, self.done = total, done
+
+    def show(self, running: int) -> None:
+        self.bar.set_postfix_str(f"done {self.done}, running {running}, left {self.total - self.done - running}")
+
+    def finish_one(self, line: str, running: int) -> None:
+        self.done += 1
+        self.write(line)
+        self.bar.update(1)
+        self.show(running)
+
+    def write(self, line: str) -> None:
+        if self.bar.disable:
+            log.info("%s", line)
+        else:
+            self.bar.write(line)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_sweep(runs: Sequence[RunSpec], gpus: int = 0, keep_going: bool = False, progress: bool = True,
+              on_epoch_end: Optional[Callable[[int], None]] = None) -> SweepOutcome:
+    """Run every run of ``runs`` not finished yet; sequentially in this process, or ``gpus`` at a time."""
+    outcome = SweepOutcome()
+    states = {spec.id: status(spec) for spec in runs}
+    todo = [spec for spec in runs if states[spec.id] != "done"]
+    outcome.skipped = [spec.id for spec in runs if states[spec.id] == "done"]
+    for spec in todo:
+        changed = config_changes(spec)
+        if changed:
+            log.warning("%s holds a run made with other settings (%s); delete that folder to redo it with the "
+                        "protocol's.", spec.run_dir, ", ".join(changed[:6]))
+    bar = _Bar(len(runs), len(outcome.skipped), progress)
+    bar.write(f"{len(runs)} runs: {len(outcome.skipped)} finished, {len(todo)} to run"
+              f"{f', {gpus} at a time' if gpus else ''}.")
+    try:
+        if gpus:
+            _run_parallel(todo, gpus, keep_going, bar, outcome)
+        else:
+            _run_sequential(todo, keep_going, progress, on_epoch_end, bar, outcome)
+    finally:
+        bar.close()
+    return outcome
+
+
+def _run_sequential(todo: Sequence[RunSpec], keep_going: bool, progress: bool,
+                    on_epoch_end: Optional[Callable[[int], None]], bar: _Bar, outcome: SweepOutcome) -> None:
+    for spec in todo:
+        bar.show(running=1)
+        started = time.time()
+        try:
+            result, evaluations = run_one(spec, progress, on_epoch_end)
+        except Exception as err:  # noqa: BLE001  (a failed run is reported; --keep-going runs the others)
+            outcome.failed[spec.id] = f"{type(err).__name__}: {err}"
+            bar.write(f"FAILED {spec.id}: {type(err).__name__}: {err}")
+            if not keep_going:
+                raise
+            continue
+        outcome.finished.append(spec.id)
+        bar.finish_one(summary_line(spec, result, evaluations, time.time() - started), running=0)
+
+
+def visible_gpus(count: int) -> List[str]:
+    """The first ``count`` GPU ids this process may use (from CUDA_VISIBLE_DEVICES when set)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [g.strip() for g in visible.split(",") if g.strip()] if visible else [str(i) for i in range(count)]
+    if len(ids) < count:
+        raise ConfigError(f"--gpus {count}, but CUDA_VISIBLE_DEVICES lists only {len(ids)}: {visible}.")
+    return ids[:count]
+
+
+def write_spec(spec: RunSpec) -> Path:
+    """The file a worker process reads: the resolved config and the evaluations."""
+    path = spec.run_dir / SPEC_FILE
+    atomic_write_json(path, {"id": spec.id, "method": spec.method, "dataset": spec.dataset,
+                             "subsample": spec.subsample, "shots": spec.shots, "seed": spec.seed,
+                             "config": to_dict(spec.config),
+                             "evaluations": [{"dataset": e.dataset, "subsample": e.subsample,
+                                              "overrides": e.overrides, "file": str(e.file)}
+                                             for e in spec.evaluations]})
+    return path
+
+
+def read_spec(path: Path) -> RunSpec:
+    data = json.loads(Path(path).read_text())
+    cfg: Config = from_dict(Config, data["config"])
+    evaluations = [EvalSpec(e["dataset"], e["subsample"], e["overrides"], Path(e["file"])) for e in data["evaluations"]]
+    return RunSpec(data["id"], data["method"], data["dataset"], data["subsample"], data["shots"], data["seed"], cfg,
+                   Path(cfg.output.dir), evaluations)
+
+
+def _run_parallel(todo: Sequence[RunSpec], gpus: int, keep_going: bool, bar: _Bar, outcome: SweepOutcome) -> None:
+    free = visible_gpus(gpus)
+    pending = list(todo)
+    running: Dict[subprocess.Popen, Tuple[RunSpec, str, float]] = {}
+    try:
+        while pending or running:
+            while pending and free and not (outcome.failed and not keep_going):
+                spec, gpu = pending.pop(0), free.pop(0)
+                spec_file = write_spec(spec)
+                env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+                with (spec.run_dir / LOG_FILE).open("a") as log_file:
+                    process = subprocess.Popen([sys.executable, "-m", "promptclip.bench.sweep", str(spec_file)],
+                                               env=env, stdout=log_file, stderr=subprocess.STDOUT)
+                running[process] = (spec, gpu, time.time())
+                bar.show(len(running))
+            if not running:
+                break
+            time.sleep(0.2)
+            for process in [p for p in running if p.poll() is not None]:
+                spec, gpu, started = running.pop(process)
+                free.append(gpu)
+                if process.returncode == 0 and status(spec) == "done":
+                    outcome.finished.append(spec.id)
+                    evaluations = [(e, json.loads(e.file.read_text())) for e in spec.evaluations]
+                    bar.finish_one(summary_line(spec, read_result(spec.run_dir), evaluations, time.time() - started),
+                                   len(running))
+                else:
+                    outcome.failed[spec.id] = f"exit code {process.returncode}; see {spec.run_dir / LOG_FILE}"
+                    bar.write(f"FAILED {spec.id}: exit code {process.returncode} (log: {spec.run_dir / LOG_FILE})")
+    finally:
+        for process in running:  # interrupted: stop the runs this sweep started; they resume next time
+            process.terminate()
+        for process in running:
+            process.wait()
+
+
+def worker_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one written run spec (the ``gpus > 0`` worker)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) != 1:
+        print(f"usage: python -m promptclip.bench.sweep RUN_DIR/{SPEC_FILE}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    spec = read_spec(Path(argv[0]))
+    started = time.time()
+    result, evaluations = run_one(spec, progress=False)
+    log.info("%s", summary_line(spec, result, evaluations, time.time() - started))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())

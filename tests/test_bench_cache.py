@@ -1,0 +1,134 @@
+"""The feature cache (equal to fresh features, reused, invalidated) and the linear probe that uses it."""
+import os
+
+import pytest
+import torch
+
+from bench_fixtures import TINY, coloured_folder
+from promptclip.backbone import FrozenCLIP
+from promptclip.config import build_config
+from promptclip.data.loaders import eval_loader, transform_for
+from promptclip.engine import cache as cache_module
+from promptclip.engine.cache import FeatureCache, frozen_features, single_pass_features
+from promptclip.engine.evaluate import evaluate
+from promptclip.engine.run import build_model, evaluate_model, prepare_data, run, run_dir_for
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return coloured_folder(tmp_path_factory.mktemp("coloured"))
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Counts the passes through the image encoder that the cache makes."""
+    calls = []
+    real = cache_module.encode_loader
+
+    def encode(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "encode_loader", encode)
+    return calls
+
+
+def config(folder, tmp_path, *presets, extra=()):
+    return build_config(presets or ("zeroshot",), [*TINY, "data.name=imagefolder", f"data.root={folder}",
+                                                   f"output.root={tmp_path / 'runs'}",
+                                                   f"output.cache_dir={tmp_path / 'cache'}", "data.shots=4", *extra])
+
+
+def features(backbone, items, tmp_path):
+    return frozen_features(backbone, items, tmp_path / "cache", 7, 0, CPU, "fp32", progress=False)
+
+
+def fresh(backbone, items):
+    loader = eval_loader(items, transform_for(backbone, train=False), 7)
+    with torch.no_grad():
+        return torch.cat([torch.nn.functional.normalize(backbone.encode_image(x), dim=-1) for x, _ in loader])
+
+
+def test_cached_features_equal_fresh_ones_and_are_reused(folder, tmp_path, counted):
+    cfg = config(folder, tmp_path)
+    items = prepare_data(cfg).test
+    backbone = FrozenCLIP.load("tiny-vit")
+    first, labels = features(backbone, items, tmp_path)
+    again, labels_again = features(backbone, items, tmp_path)
+    assert len(counted) == 1  # the second call read the file
+    assert torch.equal(first, again) and torch.equal(labels, labels_again)
+    assert labels.tolist() == [i.label for i in items]
+    assert torch.allclose(first, fresh(backbone, items), atol=1e-6)
+    assert len(list((tmp_path / "cache" / "features").glob("*.safetensors"))) == 1
+
+
+def test_cache_is_invalidated_by_backbone_transform_and_images(folder, tmp_path, counted):
+    items = prepare_data(config(folder, tmp_path)).test
+    backbone = FrozenCLIP.load("tiny-vit")
+    base, _ = features(backbone, items, tmp_path)
+    other_weights = FrozenCLIP.load("tiny-vit")
+    with torch.no_grad():
+        other_weights.model.visual.proj.add_(0.5)  # random weights are told apart by their hash
+    assert not torch.allclose(features(other_weights, items, tmp_path)[0], base)
+    features(FrozenCLIP.load("tiny-vit-wide"), items, tmp_path)
+    assert len(counted) == 3
+    backbone.image_mean = (0.0, 0.0, 0.0)  # another normalisation: another transform signature
+    changed, _ = features(backbone, items, tmp_path)
+    assert not torch.allclose(changed, base) and torch.allclose(changed, fresh(backbone, items), atol=1e-6)
+    assert len(counted) == 4
+    path = items[0].path
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))  # an image changed on disk
+    features(backbone, items, tmp_path)
+    assert len(counted) == 5
+    assert len(list((tmp_path / "cache" / "features").glob("*.safetensors"))) == 5
+
+
+def test_evaluation_through_the_cache_equals_the_image_path(folder, tmp_path):
+    cfg = config(folder, tmp_path, "coop", extra=["text.n_ctx=4"])
+    dataset = prepare_data(cfg)
+    model = build_model(cfg, FrozenCLIP.load("tiny-vit"), dataset)
+    cached = evaluate_model(model, dataset, cfg, CPU, "fp32", progress=False)
+    direct = evaluate(model, eval_loader(dataset.test, transform_for(model.backbone, train=False), 7), CPU,
+                      progress=False)
+    assert cached == direct and cached["num_images"] == len(dataset.test)
+    assert list((tmp_path / "cache" / "features").glob("*.safetensors"))
+
+
+def test_single_training_transform_pass_is_seeded_and_cached(folder, tmp_path, counted):
+    dataset = prepare_data(config(folder, tmp_path))
+    backbone = FrozenCLIP.load("tiny-vit")
+    loader = eval_loader(dataset.train, transform_for(backbone, train=True), 5)
+    hook = single_pass_features(backbone, tmp_path / "cache", seed=3, device=CPU, precision="fp32", progress=False)
+    first, labels = hook(loader)
+    second, _ = hook(loader)
+    assert len(counted) == 1 and torch.equal(first, second) and labels.tolist() == [i.label for i in dataset.train]
+    assert FeatureCache(tmp_path / "cache").load(next(iter(_keys(tmp_path))), dataset.train) is not None
+    other_seed, _ = single_pass_features(backbone, tmp_path / "other", 3, CPU, "fp32", False)(loader)
+    assert torch.equal(other_seed, first)  # recomputed elsewhere with the same seed: the same random crops
+    different, _ = single_pass_features(backbone, tmp_path / "cache", 4, CPU, "fp32", False)(loader)
+    assert not torch.allclose(different, first)  # another seed, other crops, another entry
+    assert len(counted) == 3
+
+
+def _keys(tmp_path):
+    return [p.stem for p in (tmp_path / "cache" / "features").glob("*.safetensors")]
+
+
+def test_linear_probe_is_a_method_sharing_cached_features(folder, tmp_path):
+    zero = run(config(folder, tmp_path, "zeroshot"), progress=False)
+    assert len(_keys(tmp_path)) == 1  # the test split
+    cfg = config(folder, tmp_path, "linear_probe")
+    probe = run(cfg, progress=False)
+    assert len(_keys(tmp_path)) == 3  # + train and val; the test features were reused
+    assert probe["method"] == "linear_probe" and probe["num_train_images"] == 12
+    assert probe["test"]["num_images"] == zero["test"]["num_images"] == 15
+    assert probe["test"]["accuracy"] > 80  # separable colours
+    assert probe["val_accuracy"] > 80 and 1e-6 <= probe["C"] <= 1e6  # C searched on the validation split
+    assert (run_dir_for(cfg) / "linear_probe.safetensors").is_file()
+    fixed = run(config(folder, tmp_path / "fixed", "linear_probe", extra=["text.C=0.5"]), progress=False)
+    assert fixed["C"] == 0.5 and "val_accuracy" not in fixed
+    two = coloured_folder(tmp_path / "two", classes=2, seed=1)  # sklearn's binary case has a single row
+    binary = run(config(two, tmp_path / "two_runs", "linear_probe"), progress=False)
+    assert binary["num_classes"] == 2 and binary["test"]["accuracy"] > 80

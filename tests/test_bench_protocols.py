@@ -1,0 +1,116 @@
+"""Protocol files: validation with clear errors, expansion into runs (schedules, rules, scoped overrides), shards."""
+import pytest
+
+from promptclip.bench.protocols import expand, load_protocol, parse_protocol, split_overrides
+from promptclip.bench.sweep import parse_shard, shard
+from promptclip.errors import ConfigError
+
+ELEVEN = ["ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "OxfordFlowers", "Food101", "FGVCAircraft",
+          "SUN397", "DescribableTextures", "EuroSAT", "UCF101"]
+
+
+def runs_of(name, *overrides):
+    protocol_keys, common, scoped = split_overrides(["data.root=/data", *overrides])
+    return {r.id: r for r in expand(load_protocol(name, protocol_keys), common, scoped)}
+
+
+def test_few_shot_protocol_follows_the_reference_schedule():
+    runs = runs_of("few_shot")
+    assert len(runs) == 11 + 3 * 11 * 5 * 3  # zero-shot once per dataset; probe, CoOp, DAPT: 5 shots × 3 seeds
+    epochs = {k: runs[f"coop/DescribableTextures/all/shots_{k}/seed_1"].config.train.epochs for k in (1, 2, 4, 8, 16)}
+    assert epochs == {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
+    assert runs["coop/ImageNet/all/shots_16/seed_3"].config.train.epochs == 50
+    assert {r.shots for r in runs.values() if r.method == "zeroshot"} == {0}
+    assert {r.seed for r in runs.values() if r.method == "zeroshot"} == {1}
+    eurosat = runs["dapt/EuroSAT/all/shots_2/seed_1"].config  # DAPT's per-dataset lr / β_v / β_t, then the epochs
+    assert (eurosat.optim.lr, eurosat.losses["dapt_intra"].weight, eurosat.losses["dapt_inter"].weight) == (20, 100, 10)
+    assert eurosat.train.epochs == 100
+    probe = runs["linear_probe/Caltech101/all/shots_4/seed_2"].config
+    assert probe.text.name == "linear_probe" and probe.data.shots == 4 and probe.seed == 2
+    assert str(probe.output.dir).endswith("runs/few_shot/linear_probe/Caltech101/all/shots_4/seed_2")
+
+
+def test_base_to_new_protocol_trains_on_base_and_evaluates_new():
+    runs = runs_of("base_to_new")
+    coop = runs["coop/ImageNet/base/shots_16/seed_1"]  # preset coop_b2n, method name coop
+    assert coop.config.train.epochs == 50 and coop.config.text.n_ctx == 4
+    assert runs["coop/DescribableTextures/base/shots_16/seed_2"].config.train.epochs == 200
+    assert all(r.config.data.subsample == "base" for r in runs.values())
+    evaluation = coop.evaluations[0]
+    assert (evaluation.dataset, evaluation.subsample) == ("ImageNet", "new")
+    assert evaluation.overrides == ["data.subsample=new"]
+    assert evaluation.file == coop.run_dir / "evals" / "ImageNet-new.json"
+
+
+def test_transfer_protocols_share_their_runs():
+    xd, dg = runs_of("cross_dataset"), runs_of("domain_generalization")
+    assert set(xd) == set(dg)
+    for run_id in xd:
+        assert xd[run_id].config == dg[run_id].config
+    assert [e.dataset for e in xd["cocoop/ImageNet/all/shots_16/seed_1"].evaluations] == ELEVEN[1:]
+    assert [e.dataset for e in dg["cocoop/ImageNet/all/shots_16/seed_1"].evaluations] == \
+        ["ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR"]
+    assert "data.name=\"ImageNetA\"" in dg["cocoop/ImageNet/all/shots_16/seed_1"].evaluations[2].overrides
+
+
+def test_overrides_change_the_protocol_every_run_or_one_method():
+    runs = runs_of("few_shot", "datasets=[EuroSAT]", "shots=[1]", "seeds=[7]", "optim.weight_decay=0.1",
+                   "coop:train.epochs=3", "methods=[coop, linear_probe]")
+    assert sorted(runs) == ["coop/EuroSAT/all/shots_1/seed_7", "linear_probe/EuroSAT/all/shots_1/seed_7"]
+    coop, probe = runs["coop/EuroSAT/all/shots_1/seed_7"].config, runs["linear_probe/EuroSAT/all/shots_1/seed_7"].config
+    assert coop.train.epochs == 3 and probe.train.epochs == 0  # the scoped override beats the shots rule
+    assert coop.optim.weight_decay == probe.optim.weight_decay == 0.1
+    assert coop.data.root == "/data"
+
+
+def test_dataset_entries_with_their_own_data_settings(tmp_path):
+    protocol = parse_protocol({
+        "kind": "few_shot", "shots": [2], "methods": ["coop", {"preset": "coop", "name": "coop_lr", "config":
+                                                               {"optim.lr": 0.5}}],
+        "datasets": ["EuroSAT", {"name": "mine", "data": {"name": "imagefolder", "root": str(tmp_path)}}],
+        "config": {"output.root": str(tmp_path / "runs")}}, "mine", "inline")
+    runs = {r.id: r for r in expand(protocol)}
+    mine = runs["coop_lr/mine/all/shots_2/seed_1"]
+    assert (mine.config.data.name, mine.config.data.root, mine.config.optim.lr) == ("imagefolder", str(tmp_path), 0.5)
+    assert mine.config.method == "coop_lr" and runs["coop/mine/all/shots_2/seed_1"].config.optim.lr == 0.002
+    assert mine.run_dir == tmp_path / "runs" / "coop_lr" / "mine" / "all" / "shots_2" / "seed_1"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"kind": "fewshot"}, "kind: must be one of few_shot"),
+    ({"method": ["coop"]}, "unknown key 'method'. Did you mean 'methods'?"),
+    ({"shots": [1, "two"]}, "shots: must be an integer or a non-empty list of integers"),
+    ({"config": {"seed": 3}}, "seed is set by the protocol: use seeds instead"),
+    ({"config": {"data.shots": 3}}, "data.shots is set by the protocol: use shots instead"),
+    ({"rules": [{"when": {"shot": 1}, "set": {"train.epochs": 1}}]}, "unknown key 'shot'. Did you mean 'shots'?"),
+    ({"rules": [{"when": {"shots": 1}}]}, "a rule needs `set`"),
+    ({"evaluations": [{"subsample": "newer"}]}, "must be all, base or new"),
+    ({"methods": [{"name": "x"}]}, "a method needs a preset"),
+    ({"config": {"optim.lrr": 1}}, "Unknown config key 'optim.lrr'"),
+    ({"methods": ["coop", "coop"]}, "two methods resolve to the run folder coop/EuroSAT"),
+    ({"methods": ["linear_probe"], "evaluations": [{"subsample": "new"}]}, "a linear probe classifies"),
+])
+def test_protocol_errors_name_the_problem(change, message):
+    data = {"kind": "few_shot", "datasets": ["EuroSAT"], "methods": ["coop"], **change}
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        expand(parse_protocol(data, "bad", "bad.yaml"))
+
+
+def test_command_line_errors():
+    with pytest.raises(ConfigError, match="seed is set by the protocol; use seeds"):
+        split_overrides(["seed=3"])
+    protocol_keys, common, scoped = split_overrides(["cop:train.epochs=1"])
+    with pytest.raises(ConfigError, match="Did you mean 'coop'"):
+        expand(load_protocol("few_shot"), common, scoped)
+    with pytest.raises(ConfigError, match="No protocol file or protocol named 'fewshot'. Did you mean 'few_shot'"):
+        load_protocol("fewshot")
+    with pytest.raises(ConfigError, match="0 <= i < n"):
+        parse_shard("4/4")
+
+
+def test_shards_are_disjoint_and_cover_the_sweep():
+    runs = list(runs_of("base_to_new").values())
+    parts = [shard(runs, *parse_shard(f"{i}/3")) for i in range(3)]
+    ids = [r.id for part in parts for r in part]
+    assert sorted(ids) == sorted(r.id for r in runs) and len(ids) == len(set(ids))
+    assert [r.id for r in shard(runs, 1, 3)] == [r.id for r in runs_of("base_to_new").values()][1::3]
