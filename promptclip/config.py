@@ -257,17 +257,23 @@ def merge(base: dict, update: dict) -> dict:
     return out
 
 
+def read_yaml_mapping(path: Path, what: str) -> dict:
+    """A YAML file (read with ``safe_load``) that must hold a mapping of ``what``."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of {what}.")
+    return data
+
+
 def load_yaml(name: str, _seen: Sequence[Path] = ()) -> dict:
     """A preset as a dict, with its ``inherit`` list (other presets, applied first) resolved."""
     path = find_preset(name).resolve()
     if path in _seen:
         raise ConfigError(f"Presets inherit from each other in a loop: {' → '.join(map(str, _seen))} → {path}.")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of config keys.")
+    data = read_yaml_mapping(path, "config keys")
     parents = data.pop("inherit", []) or []
     out: dict = {}
     for parent in [parents] if isinstance(parents, str) else parents:

@@ -48,8 +48,8 @@ def demo(out: Path = Path("demo_runs"), shots: int = 16, epochs: int = 40, progr
     out = Path(out)
     data = write_digits(out / "digits")
     common = [f"data.root={data}", "data.name=imagefolder", "data.options.template='a photo of the digit {}.'",
-              "model.name=tiny-vit", "model.pretrained=null", f"data.shots={shots}", "data.augment=false",
-              f"train.epochs={epochs}", "train.batch_size=32", "optim.name=adamw", "optim.lr=0.01",
+              "model.name=tiny-vit-wide", "model.pretrained=null", f"data.shots={shots}", "data.augment=false",
+              f"train.epochs={epochs}", "train.batch_size=32", "optim.name=adamw", "optim.lr=0.002",
               "optim.weight_decay=0", f"output.root={out / 'runs'}", f"output.cache_dir={out / 'cache'}",
               "train.device=cpu"]
     rows = []

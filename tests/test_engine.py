@@ -30,13 +30,15 @@ def config(root, tmp_path, *presets, **overrides):
 
 
 def test_coop_beats_zero_shot_on_digits(digits_root, tmp_path):
-    zero = run(config(digits_root, tmp_path, "zeroshot", **{"train.epochs": 0}), progress=False)
-    coop = run(config(digits_root, tmp_path, "coop_csc", **{"data.shots": 16, "train.epochs": 40}), progress=False)
-    n = coop["test"]["num_images"]
-    assert n == zero["test"]["num_images"] > 500
-    # chance is 10%: its standard deviation over ~540 images is ~1.3 points, so 8 points is far beyond chance
-    assert coop["test"]["accuracy"] > zero["test"]["accuracy"] + 8
-    assert coop["test"]["accuracy"] > 18
+    """The demo's setting: 16 shots on the random tiny-vit-wide, whose frozen features a linear probe reads at ~46%."""
+    wide = {"model.name": "tiny-vit-wide", "optim.lr": 0.002}
+    zero = run(config(digits_root, tmp_path, "zeroshot", **wide, **{"train.epochs": 0}), progress=False)
+    shared, csc = (run(config(digits_root, tmp_path, preset, **wide, **{"data.shots": 16, "train.epochs": 40}),
+                       progress=False) for preset in ("coop", "coop_csc"))
+    assert shared["test"]["num_images"] == zero["test"]["num_images"] > 500
+    # chance is 10%: its standard deviation over ~540 images is ~1.3 points, so 15 points is far beyond chance
+    assert shared["test"]["accuracy"] > zero["test"]["accuracy"] + 15
+    assert csc["test"]["accuracy"] > zero["test"]["accuracy"] + 15
 
 
 def test_run_folder_contents_and_skip_when_finished(digits_root, tmp_path):

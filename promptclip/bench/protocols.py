@@ -35,10 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import yaml
-
 from .. import linear_probe
-from ..config import CONFIG_DIR, DEFAULT_TEXT, Config, from_dict, load_yaml, merge, parse_override
+from ..config import (CONFIG_DIR, DEFAULT_TEXT, Config, from_dict, load_yaml, merge, parse_override,
+                      read_yaml_mapping)
 from ..errors import ConfigError
 from ..registry import suggest
 
@@ -306,12 +305,7 @@ def split_overrides(overrides: Sequence[str]) -> Tuple[dict, List[str], Dict[str
 def load_protocol(name: str, protocol_overrides: Optional[dict] = None) -> Protocol:
     """Read and validate a protocol file, with top-level keys replaced by ``protocol_overrides``."""
     path = find_protocol(name)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping (kind, datasets, methods, ...).")
+    data = read_yaml_mapping(path, "protocol keys (kind, datasets, methods, ...)")
     data.update(protocol_overrides or {})
     return parse_protocol(data, path.stem, str(path))
 

@@ -67,7 +67,7 @@ def learner_step(backbone: FrozenCLIP, device, presets: List[str], overrides: Li
     """One forward + backward + SGD step of a method on random images."""
     cfg = build_config(presets, ["data.root=/tmp", *overrides])
     model = build_model(cfg, backbone, fake_dataset(num_classes)).to(device)
-    for loss in model.losses.values():  # DAPT prototypes: random stand-ins, the cost is per step
+    for loss in model.losses.values():  # DAPT prototypes: random stand-ins (a step costs the same)
         if hasattr(loss, "prototypes"):
             loss.prototypes = torch.nn.functional.normalize(torch.randn(num_classes, backbone.embed_dim), dim=-1).to(device)
     params = model.trainable_parameters()
@@ -129,6 +129,6 @@ LEARNER_STEPS = [
     ("MaPLe 2 ctx depth 9", ["maple"], []),
     ("IVLP 2+2 depth 12", ["ivlp"], []),
     ("VPT-deep 8 tokens (deep vision prompting)", ["vpt_deep_clip"], []),
-    ("VPT-shallow + VFPT Fourier", ["vfpt"], []),
+    ("VFPT: VPT-deep 16 tokens, half Fourier", ["vfpt"], []),
     ("DAPT (CoOp 16 + VPT 16 + losses)", ["dapt"], []),
 ]
