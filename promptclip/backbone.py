@@ -164,14 +164,16 @@ class FrozenCLIP(nn.Module):
         except RuntimeError as err:
             if "download" in str(err).lower() or "offline" in str(err).lower():
                 offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+                local = ("download the repository's files into a folder and use model.name=local-dir:/that/folder"
+                         if has_schema else "pass a local file: model.pretrained=/path/to/open_clip_pytorch_model.bin")
                 raise BackboneError(
                     f"The weights for {name!r} (pretrained={pretrained!r}) must be downloaded and "
                     f"{'HF_HUB_OFFLINE=1 is set' if offline else 'the download failed (no network?)'}. "
                     f"Download them on a machine with network (open_clip caches them under ~/.cache/huggingface), "
-                    f"or pass a local file: model.pretrained=/path/to/open_clip_pytorch_model.bin."
+                    f"or {local}."
                 ) from None
             raise BackboneError(f"Could not create {name!r} with pretrained={pretrained!r}: {err}") from None
-        except FileNotFoundError as err:
+        except (FileNotFoundError, ValueError) as err:
             raise BackboneError(f"Could not load {name!r}: {err}") from None
         if pretrained is None and not has_schema and name not in TINY_MODELS:
             log.warning("%s has random weights (no model.pretrained given): accuracies are meaningless.", name)

@@ -1,4 +1,6 @@
 """The frozen backbone's hooks against open_clip's own forward passes and hand-built expectations."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -116,3 +118,23 @@ def test_tag_that_needs_a_download_while_offline():
 def test_prompt_longer_than_context_names_the_class(tiny):
     with pytest.raises(BackboneError, match="pneumonoultramicroscopic"):
         tiny.tokenize(["X " * 60 + "pneumonoultramicroscopicsilicovolcanoconiosis " * 4])
+
+
+def test_local_dir_with_config_and_weights(tiny, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    config = json.loads((Path(__file__).parents[1] / "promptclip" / "model_configs" / "tiny-vit.json").read_text())
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": config}))
+    save_file({k: v.contiguous() for k, v in tiny.model.state_dict().items()}, tmp_path / "open_clip_model.safetensors")
+    local = FrozenCLIP.load(f"local-dir:{tmp_path}")
+    ids = tiny.tokenize(["a photo of a dog."])
+    torch.testing.assert_close(local.encode_text_ids(ids), tiny.encode_text_ids(ids))
+    with pytest.raises(BackboneError, match="not found"):
+        FrozenCLIP.load(f"local-dir:{tmp_path / 'missing'}")
+
+
+def test_hf_hub_id_while_offline_suggests_a_local_folder():
+    with pytest.raises(BackboneError, match="local-dir:"):
+        FrozenCLIP.load("hf-hub:someone/some-clip")
