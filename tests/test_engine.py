@@ -152,7 +152,7 @@ def test_more_shots_than_a_class_has_uses_all_and_warns(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="promptclip"):
         ds = prepare_data(config(tmp_path / "data", tmp_path, **{"data.shots": 4}))
     assert sorted(i.label for i in ds.train) == [0, 0, 1, 1, 1, 1]
-    assert "only 2 images for 4 shots" in caplog.text
+    assert "1 class(es) have fewer images than the 4 shots (class 0 has only 2)" in caplog.text
 
 
 def test_corrupt_image_is_named(digits_root, tmp_path):
@@ -199,3 +199,9 @@ def test_evaluation_computes_class_features_once(digits_root, tmp_path, tiny):
 def test_resnet_backbone_runs_text_learners(digits_root, tmp_path):
     result = run(config(digits_root, tmp_path, **{"model.name": "tiny-rn", "train.epochs": 1}), progress=False)
     assert result["model"] == "tiny-rn" and result["test"]["num_images"] > 0
+
+
+def test_a_method_without_parameters_only_evaluates(digits_root, tmp_path):
+    """A sweep-wide train.epochs must not break zero-shot runs in the same sweep."""
+    result = run(config(digits_root, tmp_path, "zeroshot", **{"train.epochs": 3}), progress=False)
+    assert result["num_parameters"] == 0 and result["train_loss"] is None and result["test"]["num_images"] > 500

@@ -32,16 +32,20 @@ def dataset_checksum(ds: Dataset) -> str:
 
 
 def sample_per_class(items: Sequence[Item], k: int, rng: random.Random, warn_name: str = "") -> List[Item]:
-    """Draw ``k`` items per class (all of them, with a warning, where a class has fewer)."""
+    """Draw ``k`` items per class (all of them, with one warning naming the classes, where a class has fewer)."""
     chosen: List[Item] = []
+    short = {}
     for label, group in sorted(items_per_class(list(items)).items()):
         if len(group) < k:
-            if warn_name:
-                log.warning("%s: class %d has only %d images for %d shots; using all of them.",
-                            warn_name, label, len(group), k)
+            short[label] = len(group)
             chosen.extend(group)
         else:
             chosen.extend(rng.sample(group, k))
+    if short and warn_name:
+        shown = ", ".join(f"class {label} has only {n}" for label, n in list(short.items())[:5])
+        more = f" and {len(short) - 5} more" if len(short) > 5 else ""
+        log.warning("%s: %d class(es) have fewer images than the %d shots (%s%s); using all of their images.",
+                    warn_name, len(short), k, shown, more)
     return chosen
 
 

@@ -118,7 +118,9 @@ def run(cfg: Config, progress: bool = True, on_epoch_end: Optional[Callable[[int
         for loss in model.losses.values():
             loss.prepare(context)
     last = {}
-    if cfg.train.epochs > 0:
+    if cfg.train.epochs > 0 and not model.trainable_parameters():
+        log.info("%s has no parameters to train: evaluating only.", cfg.method_name)
+    elif cfg.train.epochs > 0:
         last = train(model, dataset.train, cfg, device, precision, run_dir, progress, on_epoch_end,
                      **(distributed.train_hooks(dataset.train, cfg) if distributed is not None else {}))
     fields = {"num_parameters": sum(p.numel() for p in model.trainable_parameters()), "train_loss": last.get("loss"),
