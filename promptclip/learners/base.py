@@ -55,10 +55,6 @@ class Learner(nn.Module):
         """Prompt tokens for the image tower, or None."""
         return None
 
-    def extra_state_for_saving(self) -> dict:
-        """JSON-able facts a saved prompt file needs besides the tensors (e.g. token counts)."""
-        return {}
-
 
 def build_learner(cfg, backbone: FrozenCLIP, classnames: List[str], template: str) -> Learner:
     cls = LEARNERS.get(cfg.name)
