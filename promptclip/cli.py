@@ -8,16 +8,28 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .errors import PromptclipError
+from .errors import ConfigError, PromptclipError
 
 OVERRIDES_HELP = "config overrides as dotted keys, e.g. optim.lr=0.01 data.shots=4 text.n_ctx=8"
 PRESET_HELP = "preset name (configs/**/NAME.yaml) or YAML file; repeat to merge several, later ones win"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the message (it may be replaced after set-up)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
 def _setup_logging(quiet: bool) -> None:
     logger = logging.getLogger("promptclip")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("[promptclip] %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
@@ -34,6 +46,7 @@ def cmd_train(args) -> int:
     """One run; under torchrun (``torchrun --nproc_per_node N -m promptclip train ...``) one DDP run."""
     from .engine import run
     from .engine.distributed import Distributed
+    from .runs import default_run_dir
 
     cfg = _config(args)
     distributed = Distributed.from_env()
@@ -41,20 +54,25 @@ def cmd_train(args) -> int:
     if not main_process:
         logging.getLogger("promptclip").setLevel(logging.WARNING)
     try:
-        result = run(cfg, progress=main_process and not args.quiet, distributed=distributed)
+        result = run(cfg, progress=main_process and not args.quiet, distributed=distributed, replace=args.replace)
     finally:
         if distributed is not None:
             distributed.close()
     if main_process and result.get("test"):
-        print(f"test accuracy {result['test']['accuracy']:.2f}%  macro-F1 {result['test']['macro_f1']:.2f}%")
+        print(f"test accuracy {result['test']['accuracy']:.2f}%  macro-F1 {result['test']['macro_f1']:.2f}%  "
+              f"(run folder: {default_run_dir(cfg)})")
     return 0
 
 
 def cmd_zeroshot(args) -> int:
     from .engine import run
 
-    result = run(_config(args, ["zeroshot"]), progress=not args.quiet)
-    print(f"zero-shot accuracy {result['test']['accuracy']:.2f}%  macro-F1 {result['test']['macro_f1']:.2f}%")
+    from .runs import default_run_dir
+
+    cfg = _config(args, ["zeroshot"])
+    result = run(cfg, progress=not args.quiet, replace=args.replace)
+    print(f"zero-shot accuracy {result['test']['accuracy']:.2f}%  macro-F1 {result['test']['macro_f1']:.2f}%  "
+          f"(run folder: {default_run_dir(cfg)})")
     return 0
 
 
@@ -62,13 +80,17 @@ def cmd_eval(args) -> int:
     from .engine import evaluate_run
 
     result = evaluate_run(args.run_dir, args.overrides, progress=not args.quiet, force=args.force)
+    cached = result.get("cached") and f"  (cached result from {result.get('finished_at', '?')}; --force recomputes)"
     print(f"{result['dataset']} ({result['subsample']}): accuracy {result['test']['accuracy']:.2f}%  "
-          f"macro-F1 {result['test']['macro_f1']:.2f}%")
+          f"macro-F1 {result['test']['macro_f1']:.2f}%{cached or ''}")
     return 0
 
 
 def cmd_predict(args) -> int:
     from .engine.predict import predict
+
+    if args.topk < 1:
+        raise ConfigError(f"--topk must be at least 1, not {args.topk}.")
 
     predictions = predict(args.run_dir, args.images, topk=args.topk, device=args.device)
     if args.json:
@@ -101,19 +123,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def with_config(p):
+    def with_config(p, runs: bool = False):
         p.add_argument("-c", "--config", action="append", default=[], metavar="PRESET", help=PRESET_HELP)
+        if runs:
+            p.add_argument("--replace", action="store_true",
+                           help="if the run folder holds a run made with other settings, delete it and run anew")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
         return p
 
     p = with_config(sub.add_parser("train", help="train prompts and evaluate them (resumes an interrupted run)",
                                    description="Train prompts with a preset and overrides; writes a run folder. "
                                                "Example: promptclip train -c coop data.name=DescribableTextures "
-                                               "data.root=~/data data.shots=16 seed=1"))
+                                               "data.root=~/data data.shots=16 seed=1"), runs=True)
     p.set_defaults(func=cmd_train)
     p = with_config(sub.add_parser("zeroshot", help="zero-shot CLIP on a dataset",
                                    description="Zero-shot CLIP: the zeroshot preset plus yours. "
-                                               "Example: promptclip zeroshot data.name=EuroSAT data.root=~/data"))
+                                               "Example: promptclip zeroshot data.name=EuroSAT data.root=~/data"),
+                    runs=True)
     p.set_defaults(func=cmd_zeroshot)
     p = sub.add_parser("eval", help="evaluate a run's prompts on another class set or dataset",
                        description="Evaluate saved prompts; overrides choose the data, e.g. data.subsample=new or "

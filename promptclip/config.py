@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from dataclasses import dataclass, field
+import math
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union, get_args, get_origin, get_type_hints
+from typing import Any, Dict, List, Literal, Optional, Sequence, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -18,6 +19,34 @@ from .errors import ConfigError
 from .registry import suggest
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The interval a number must lie in: ``ge``/``gt`` below, ``le``/``lt`` above (None: open)."""
+
+    ge: Optional[float] = None
+    gt: Optional[float] = None
+    le: Optional[float] = None
+    lt: Optional[float] = None
+
+    def __contains__(self, x: float) -> bool:
+        return ((self.ge is None or x >= self.ge) and (self.gt is None or x > self.gt)
+                and (self.le is None or x <= self.le) and (self.lt is None or x < self.lt))
+
+    def __str__(self) -> str:
+        """``>= 1``, ``> 0``, or an interval such as ``in [0, 1)``."""
+        if (self.ge, self.gt) != (None, None) and (self.le, self.lt) != (None, None):
+            low = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}"
+            high = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})"
+            return f"in {low}, {high}"
+        return " and ".join(f"{op} {v:g}" for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le),
+                                                        ("<", self.lt)) if v is not None)
+
+
+def bounded(default: Any = MISSING, *, default_factory: Any = MISSING, **bounds: float):
+    """A dataclass field whose numbers (or list items) must lie within ``bounds`` (ge, gt, le, lt) when built."""
+    return field(default=default, default_factory=default_factory, metadata={"bounds": Bounds(**bounds)})
 
 
 @dataclass
@@ -38,47 +67,46 @@ class DataConfig:
     #: images per class for training (0 or negative: the whole training split)
     shots: int = 16
     #: classes to use: all, base or new
-    subsample: str = "all"
+    subsample: Literal["all", "base", "new"] = "all"
     #: augment training images (RandomResizedCrop + flip, CLIP's recipe); false trains on the test transform
     augment: bool = True
     #: reader options (e.g. template for imagefolder)
     options: Dict[str, Any] = field(default_factory=dict)
-    num_workers: int = 0
+    num_workers: int = bounded(0, ge=0)
 
 
 @dataclass
 class OptimConfig:
-    #: sgd or adamw
-    name: str = "sgd"
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    #: cosine or constant
-    scheduler: str = "cosine"
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = bounded(0.002, gt=0)
+    momentum: float = bounded(0.9, ge=0, le=1)
+    weight_decay: float = bounded(5e-4, ge=0)
+    #: adamw's (beta1, beta2)
+    betas: List[float] = bounded(default_factory=lambda: [0.9, 0.999], ge=0, lt=1)
+    scheduler: Literal["cosine", "constant"] = "cosine"
     #: epochs at the constant warm-up lr before the schedule starts (the reference's "constant" warm-up)
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
+    warmup_epochs: int = bounded(1, ge=0)
+    warmup_lr: float = bounded(1e-5, gt=0)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 50
-    batch_size: int = 32
-    eval_batch_size: int = 100
+    epochs: int = bounded(50, ge=0)
+    batch_size: int = bounded(32, ge=1)
+    eval_batch_size: int = bounded(100, ge=1)
     #: gradient accumulation: optimizer step every accum_steps batches
-    accum_steps: int = 1
+    accum_steps: int = bounded(1, ge=1)
     #: fp32; bf16 (autocast on CPU or GPU); fp16 (GPU only, with a grad scaler); auto (bf16 on a GPU that has it,
     #: else fp32). Prompt parameters stay fp32 in every case.
-    precision: str = "fp32"
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     #: auto, cpu, cuda, cuda:1 ...
     device: str = "auto"
     #: save a resumable checkpoint every N epochs (0: never)
-    checkpoint_every: int = 1
+    checkpoint_every: int = bounded(1, ge=0)
     #: evaluate on the test split after training
     evaluate: bool = True
     #: cap on optimizer steps per epoch (0: no cap); useful for benchmarks and smoke runs
-    max_steps_per_epoch: int = 0
+    max_steps_per_epoch: int = bounded(0, ge=0)
 
 
 @dataclass
@@ -94,7 +122,7 @@ class OutputConfig:
 class Config:
     #: a name for reports and run folders (defaults to the learner names)
     method: str = ""
-    seed: int = 1
+    seed: int = bounded(1, ge=0)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     text: Any = field(default=None, metadata={"registry": "learner"})
@@ -120,10 +148,35 @@ def _registry(kind: str):
     return LEARNERS if kind == "learner" else LOSSES
 
 
-def _coerce(value: Any, tp: Any, path: str) -> Any:
-    """Check ``value`` against the type ``tp``; convert dicts to dataclasses. ``path`` names the key in errors."""
+def _number(value: Any, tp: type, path: str, bounds: Optional[Bounds]) -> Any:
+    """``value`` as an int or float within ``bounds``; a string that ``float()`` reads counts as a number."""
+    if isinstance(value, str):
+        try:
+            value = int(value) if tp is int and value.strip().lstrip("+-").isdigit() else float(value)
+        except ValueError:
+            pass
+    within = f" {bounds}" if bounds else ""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or (tp is int and isinstance(value, float) and not value.is_integer()):
+        raise ConfigError(f"{path} must be {'an integer' if tp is int else 'a number'}{within}, got {value!r}.")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{path} must be a finite number{within}, got {value!r}.")
+    if bounds and value not in bounds:
+        raise ConfigError(f"{path} must be {bounds}, got {value!r}.")
+    return tp(value)
+
+
+def _coerce(value: Any, tp: Any, path: str, bounds: Optional[Bounds] = None) -> Any:
+    """Check ``value`` against the type ``tp`` (and numbers against ``bounds``); convert dicts to dataclasses.
+    ``path`` names the key in errors."""
     origin = get_origin(tp)
     if tp is Any:
+        return value
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{path} must be one of {', '.join(map(str, choices))}, not {value!r}."
+                              f"{suggest(str(value), choices)}")
         return value
     if origin is Union:
         options = get_args(tp)
@@ -132,7 +185,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         errors = []
         for option in (o for o in options if o is not type(None)):
             try:
-                return _coerce(value, option, path)
+                return _coerce(value, option, path, bounds)
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[0])
@@ -142,7 +195,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path} must be a list, got {value!r}.")
         (item_type,) = get_args(tp) or (Any,)
-        return [_coerce(v, item_type, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_coerce(v, item_type, f"{path}[{i}]", bounds) for i, v in enumerate(value)]
     if origin in (dict, Dict) or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{path} must be a mapping, got {value!r}.")
@@ -152,9 +205,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"{path} must be true or false, got {value!r}.")
         return value
     if tp in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (tp is int and not float(value).is_integer()):
-            raise ConfigError(f"{path} must be {'an integer' if tp is int else 'a number'}, got {value!r}.")
-        return tp(value)
+        return _number(value, tp, path, bounds)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path} must be a string, got {value!r}.")
@@ -205,7 +256,7 @@ def from_dict(cls, data: Optional[dict], path: str = "", context: str = ""):
         elif registry:
             kwargs[key] = registered_config(registry, value, full)
         else:
-            kwargs[key] = _coerce(value, hints[key], full)
+            kwargs[key] = _coerce(value, hints[key], full, fields[key].metadata.get("bounds"))
     try:
         return cls(**kwargs)
     except TypeError as err:

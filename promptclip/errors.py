@@ -19,3 +19,7 @@ class BackboneError(PromptclipError):
 
 class UnknownNameError(PromptclipError, LookupError):
     """A registry lookup failed (unknown learner, dataset, loss...)."""
+
+
+class TrainingError(PromptclipError):
+    """Training stopped because it cannot go on correctly (a non-finite loss)."""

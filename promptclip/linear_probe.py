@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save as save_safetensors
 
 from .backbone import FrozenCLIP
-from .config import Config
+from .config import Config, bounded
 from .data.base import Dataset
 from .engine.cache import frozen_features
 from .engine.evaluate import metrics_from_predictions
@@ -39,12 +39,12 @@ COARSE_LOG10_C = (-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0)
 class LinearProbeConfig(LearnerConfig):
     name: str = NAME
     #: inverse L2 regularisation strength; null: searched on the validation split
-    C: Optional[float] = None
+    C: Optional[float] = bounded(None, gt=0)
     #: C when it is searched but the dataset has no validation split of its own
-    default_C: float = 0.316
+    default_C: float = bounded(0.316, gt=0)
     #: refinements of the C search after the coarse grid
-    search_steps: int = 8
-    max_iter: int = 1000
+    search_steps: int = bounded(8, ge=0)
+    max_iter: int = bounded(1000, ge=1)
 
 
 @LEARNERS.register(NAME)

@@ -9,14 +9,15 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Optional, Tuple
+from typing import Any, Callable, ClassVar, Literal, Optional, Tuple, get_args
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from .config import bounded
 from .errors import ConfigError
 from .registry import Registry
 from .utils import atomic_write_bytes
@@ -54,7 +55,7 @@ class PrepareContext:
 
 @dataclass
 class LossConfig:
-    weight: float = 1.0
+    weight: float = bounded(1.0, ge=0)
 
 
 class ExtraLoss(nn.Module):
@@ -75,7 +76,8 @@ class ExtraLoss(nn.Module):
 
 # ------------------------------------------------------------------------------------------------------------ DAPT
 # Cho et al., ICCV 2023: L = CE + β_v · L_intra + β_t · L_inter. Both terms work with any learner.
-DISPERSION_FORMS = ("reference", "log")
+DispersionForm = Literal["reference", "log"]
+DISPERSION_FORMS = get_args(DispersionForm)
 
 
 def pairwise_dispersion(features: torch.Tensor, t: float = 2.0) -> torch.Tensor:
@@ -91,10 +93,10 @@ def pairwise_dispersion(features: torch.Tensor, t: float = 2.0) -> torch.Tensor:
 
 @dataclass
 class InterDispersionConfig(LossConfig):
-    weight: float = 0.1  # β_t
-    t: float = 2.0
+    weight: float = bounded(0.1, ge=0)  # β_t
+    t: float = bounded(2.0, gt=0)
     #: reference: the mean Gaussian potential (DAPT's code, which produced the published numbers); log: its log
-    form: str = "reference"
+    form: DispersionForm = "reference"
 
 
 @LOSSES.register("dapt_inter")
@@ -145,7 +147,7 @@ def frozen_image_features(context: PrepareContext) -> Tuple[torch.Tensor, torch.
 
 @dataclass
 class IntraDispersionConfig(LossConfig):
-    weight: float = 0.1  # β_v
+    weight: float = bounded(0.1, ge=0)  # β_v
 
 
 @LOSSES.register("dapt_intra")
@@ -168,17 +170,33 @@ class IntraDispersion(ExtraLoss):
         if context.cache_dir is not None:
             digest = hashlib.sha1(context.cache_key.encode()).hexdigest()[:16]
             path = Path(context.cache_dir) / f"dapt-prototypes-{digest}.safetensors"
-        if path is not None and path.is_file():
-            with safe_open(str(path), framework="pt") as f:
-                if (f.metadata() or {}).get("cache_key") == context.cache_key:
-                    self.prototypes = f.get_tensor("prototypes").to(context.device)
-                    return
+        cached = self._read_cache(path, context) if path is not None and path.is_file() else None
+        if cached is not None:
+            self.prototypes = cached.to(context.device)
+            return
         features, labels = frozen_image_features(context)
         prototypes = class_prototypes(features, labels, context.num_classes)
         if path is not None:
             atomic_write_bytes(path, save_safetensors({"prototypes": prototypes.cpu().contiguous()},
                                                       metadata={"cache_key": context.cache_key}))
         self.prototypes = prototypes.to(context.device)
+
+    @staticmethod
+    def _read_cache(path: Path, context: PrepareContext) -> Optional[torch.Tensor]:
+        """The cached prototypes for ``context``, or None (another key, or a damaged file: recomputed)."""
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                if (f.metadata() or {}).get("cache_key") != context.cache_key:
+                    return None
+                prototypes = f.get_tensor("prototypes")
+        except (SafetensorError, OSError) as err:
+            log.warning("DAPT prototype cache file %s is unreadable (%s); computing the prototypes again.", path, err)
+            return None
+        if prototypes.dim() != 2 or prototypes.shape[0] != context.num_classes:
+            log.warning("DAPT prototype cache file %s holds %s prototypes for %d classes; computing them again.",
+                        path, list(prototypes.shape), context.num_classes)
+            return None
+        return prototypes
 
     def forward(self, output: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
         if self.prototypes.numel() == 0:

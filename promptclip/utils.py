@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writes, seeding, versions."""
+"""Small shared helpers: atomic file writes, seeding, versions. Importing this module does not import torch."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,19 @@ import tempfile
 from pathlib import Path
 from typing import Any, Union
 
-import numpy as np
-import torch
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (os.umask must set it to read it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
@@ -18,6 +29,7 @@ def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; teammates on a shared cluster need to read results
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -38,6 +50,9 @@ def atomic_write_json(path: Union[str, Path], obj: Any) -> None:
 
 
 def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -45,6 +60,7 @@ def seed_everything(seed: int) -> None:
 
 def versions() -> dict:
     import open_clip
+    import torch
 
     from . import __version__
 

@@ -4,6 +4,9 @@
 split-file formats and the quirks of each dataset) and returns its folder; ``make_fake_root(root, names)`` writes
 several and returns the data root. ``EXPECTED`` holds, per dataset, the class names a reader must produce (after
 every class-name fix, in label order) and the images per class in train/val/test.
+
+The ImageNet-family fakes hold a few of the classes, so their classnames.txt lists only those (CoOp's lists all
+1000): a reader requires a folder with images for every class the list names.
 """
 from __future__ import annotations
 
@@ -20,7 +23,11 @@ IMAGENET = {"n01440764": "tench", "n01443537": "goldfish", "n01484850": "great w
             "n01491361": "tiger shark"}  # 3
 IMAGENET_A = {"n01498041": "stingray", "n01531178": "goldfinch", "n01534433": "junco"}  # 6, 11, 13
 IMAGENET_R = {"n01443537": "goldfish", "n01484850": "great white shark", "n01494475": "hammerhead shark"}  # 1, 2, 4
-IMAGENETV2_FOLDERS = (0, 1, 2, 10)  # 10 sorts before 2 as text: labels must follow the number
+IMAGENETV2 = {"n01440764": "tench", "n01443537": "goldfish", "n01484850": "great white shark",  # 0, 1, 2
+              "n01491361": "tiger shark", "n01494475": "hammerhead shark", "n01496331": "electric ray",  # 3, 4, 5
+              "n01498041": "stingray", "n01514668": "rooster", "n01514859": "hen", "n01518878": "ostrich",  # 6 … 9
+              "n01530575": "brambling"}  # 10
+IMAGENETV2_FOLDERS = tuple(range(len(IMAGENETV2)))  # 10 sorts before 2 as text: labels must follow the number
 
 CALTECH = ["BACKGROUND_Google", "Faces", "Faces_easy", "Leopards", "Motorbikes", "accordion", "airplanes"]
 PETS = ["Abyssinian", "american_bulldog", "american_pit_bull_terrier", "Bengal"]  # class ids 1..4
@@ -54,7 +61,7 @@ EXPECTED: Dict[str, Tuple[List[str], Callable[[int], Tuple[int, int, int]]]] = {
     "DescribableTextures": (DTD, per_class_split),
     "EuroSAT": (["Annual Crop Land", "Forest", "Herbaceous Vegetation Land", "Sea or Lake"], per_class_split),
     "UCF101": (["Apply_Eye_Makeup", "Apply_Lipstick", "Archery", "Yo_Yo"], per_class_split),
-    "ImageNetV2": ([], lambda n: (0, 0, n)),  # 1000 names; folders IMAGENETV2_FOLDERS hold images
+    "ImageNetV2": (list(IMAGENETV2.values()), lambda n: (0, 0, n)),  # folder i holds class i
     "ImageNetSketch": (list(IMAGENET.values()), lambda n: (0, 0, n)),
     "ImageNetA": (list(IMAGENET_A.values()), lambda n: (0, 0, n)),
     "ImageNetR": (list(IMAGENET_R.values()), lambda n: (0, 0, n)),
@@ -135,23 +142,18 @@ def _pets(folder: Path, n: int, with_split: bool) -> None:
                          EXPECTED["OxfordPets"][0])
 
 
-def _cars(folder: Path, n: int, with_split: bool) -> None:
+def write_cars_annotations(folder: Path, train: Sequence[int], test: Sequence[int]) -> List[List[str]]:
+    """StanfordCars' devkit files for images with the 0-based labels ``train`` (cars_train/00001.jpg …) and
+    ``test`` (cars_test/…), in that order; returns per-class image paths relative to ``folder``."""
     import numpy as np
     from scipy.io import savemat
 
-    n_train, n_val, _ = per_class_split(n)
-    counters = {"cars_train": 0, "cars_test": 0}
-    annotations: Dict[str, list] = {"cars_train": [], "cars_test": []}
-    images = []
-    for label in range(len(CARS)):
-        group = []
-        for i in range(n):
-            sub = "cars_train" if i < n_train + n_val else "cars_test"
-            counters[sub] += 1
-            name = f"{counters[sub]:05d}.jpg"
-            annotations[sub].append((name, label + 1))
-            group.append(f"{sub}/{name}")
-        images.append(group)
+    images: List[List[str]] = [[] for _ in CARS]
+    annotations: Dict[str, list] = {}
+    for sub, labels in (("cars_train", train), ("cars_test", test)):
+        annotations[sub] = [(f"{j + 1:05d}.jpg", label + 1) for j, label in enumerate(labels)]
+        for name, cls in annotations[sub]:
+            images[cls - 1].append(f"{sub}/{name}")
     write_images(folder / r for g in images for r in g)
 
     def mat(rows):
@@ -166,19 +168,32 @@ def _cars(folder: Path, n: int, with_split: bool) -> None:
     savemat(folder / "devkit" / "cars_meta.mat", {"class_names": names})
     savemat(folder / "devkit" / "cars_train_annos.mat", {"annotations": mat(annotations["cars_train"])})
     savemat(folder / "cars_test_annos_withlabels.mat", {"annotations": mat(annotations["cars_test"])})
+    return images
+
+
+def _cars(folder: Path, n: int, with_split: bool) -> None:
+    n_train, n_val, _ = per_class_split(n)
+    images = write_cars_annotations(folder, [k for k in range(len(CARS)) for _ in range(n_train + n_val)],
+                                    [k for k in range(len(CARS)) for _ in range(n - n_train - n_val)])
     if with_split:
         write_split_file(folder / "split_zhou_StanfordCars.json", images, EXPECTED["StanfordCars"][0])
 
 
-def _flowers(folder: Path, n: int, with_split: bool) -> None:
+def write_flower_labels(folder: Path, labels: Sequence[int]) -> List[List[str]]:
+    """OxfordFlowers' imagelabels.mat (0-based ``labels`` of image_00001.jpg …) and cat_to_name.json; returns
+    per-class image names."""
     import numpy as np
     from scipy.io import savemat
 
-    labels = [label for label in range(len(FLOWERS)) for _ in range(n)]
     images = [[f"image_{j + 1:05d}.jpg" for j, y in enumerate(labels) if y == label] for label in range(len(FLOWERS))]
     write_images(folder / "jpg" / im for g in images for im in g)
     savemat(folder / "imagelabels.mat", {"labels": np.array([[y + 1 for y in labels]])})
     (folder / "cat_to_name.json").write_text(json.dumps({str(i + 1): c for i, c in enumerate(FLOWERS)}))
+    return images
+
+
+def _flowers(folder: Path, n: int, with_split: bool) -> None:
+    images = write_flower_labels(folder, [label for label in range(len(FLOWERS)) for _ in range(n)])
     if with_split:
         write_split_file(folder / "split_zhou_OxfordFlowers.json", images, FLOWERS)
 
@@ -217,30 +232,40 @@ def _ucf(folder: Path, n: int, with_split: bool) -> None:
         write_split_file(folder / "split_zhou_UCF101.json", rels, renamed)
 
 
+def write_classnames_txt(folder: Path, wnids: Iterable[str]) -> None:
+    """CoOp's classnames.txt ("<wnid> <name>" per line) for ``wnids``."""
+    names = imagenet_classnames()
+    write_lines(folder / "classnames.txt", [f"{w} {names[w]}" for w in wnids])
+
+
 def _imagenet(folder: Path, n: int, with_split: bool) -> None:
-    """``with_split`` here means: write CoOp's classnames.txt. Files are named as in ImageNet (upper-case .JPEG)."""
+    """``with_split`` here means: write classnames.txt (of the fake's classes). Files are named as in ImageNet
+    (upper-case .JPEG)."""
     _class_folders(folder / "images" / "train", list(IMAGENET), n, stem=lambda c: c, ext=".JPEG")
     _class_folders(folder / "images" / "val", list(IMAGENET), n, stem=lambda c: "ILSVRC2012_val", ext=".JPEG")
     if with_split:
-        write_lines(folder / "classnames.txt", [f"{w} {name}" for w, name in imagenet_classnames().items()])
+        write_classnames_txt(folder, IMAGENET)
 
 
 @lru_cache(maxsize=None)
 def imagenet_classnames() -> Dict[str, str]:
-    """All 1000 "wnid → name" pairs, as in CoOp's classnames.txt (the fake ImageNet's 4 classes among them)."""
+    """All 1000 "wnid → name" pairs, in the order of CoOp's classnames.txt (the fakes' classes among them)."""
     import open_clip
     from timm.data import ImageNetInfo
 
     names = dict(zip(ImageNetInfo("imagenet-1k").label_names(), open_clip.IMAGENET_CLASSNAMES))
-    assert all(names[w] == n for w, n in {**IMAGENET, **IMAGENET_A, **IMAGENET_R}.items())
+    assert all(names[w] == n for w, n in {**IMAGENET, **IMAGENET_A, **IMAGENET_R, **IMAGENETV2}.items())
     return names
 
 
 def _wnid_test_set(image: str, wnids: Sequence[str], readme: bool = True):
+    """``with_split`` here means: write the set's own classnames.txt (of the fake's classes)."""
     def build(folder: Path, n: int, with_split: bool) -> None:
         _class_folders(folder / image, wnids, n, stem=lambda c: "img")
         if readme:
             (folder / image / "README.txt").write_text("not a class folder\n")
+        if with_split:
+            write_classnames_txt(folder, wnids)
 
     return build
 
@@ -248,6 +273,8 @@ def _wnid_test_set(image: str, wnids: Sequence[str], readme: bool = True):
 def _imagenetv2(folder: Path, n: int, with_split: bool) -> None:
     _class_folders(folder / "imagenetv2-matched-frequency-format-val", [str(i) for i in IMAGENETV2_FOLDERS], n,
                    stem=lambda c: "img")
+    if with_split:
+        write_classnames_txt(folder, IMAGENETV2)
 
 
 BUILDERS: Dict[str, Tuple[str, Callable[[Path, int, bool], None]]] = {
@@ -291,7 +318,7 @@ def make_fake_dataset(name: str, root, n_per_class: int = 10, with_split: bool =
     """Write a fake ``name`` under data root ``root`` and return its dataset folder.
 
     ``with_split=False`` leaves out the split_zhou file (the raw annotations a split is generated from stay);
-    for ImageNet it leaves out classnames.txt.
+    for the ImageNet family it leaves out classnames.txt.
     """
     folder_name, build = BUILDERS[name]
     folder = Path(root) / folder_name

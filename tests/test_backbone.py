@@ -138,3 +138,38 @@ def test_local_dir_with_config_and_weights(tiny, tmp_path):
 def test_hf_hub_id_while_offline_suggests_a_local_folder():
     with pytest.raises(BackboneError, match="local-dir:"):
         FrozenCLIP.load("hf-hub:someone/some-clip")
+
+
+def test_safetensors_checkpoint_file_loads_those_weights(tiny, tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny.model.state_dict().items()}, path)
+    again = FrozenCLIP.load("tiny-vit", pretrained=str(path))
+    assert again.pretrained == str(path)
+    for (name, a), b in zip(tiny.model.state_dict().items(), again.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_checkpoint_files_are_read_with_weights_only(tiny, tmp_path, monkeypatch):
+    path = tmp_path / "weights.pt"
+    torch.save(tiny.model.state_dict(), path)
+    calls, load = [], torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    FrozenCLIP.load("tiny-vit", pretrained=str(path))
+    assert calls == [True]
+
+
+def test_weights_of_another_architecture_name_the_model_they_fit(tmp_path):
+    path = tmp_path / "wide.pt"
+    torch.save(FrozenCLIP.load("tiny-vit-wide").model.state_dict(), path)
+    with pytest.raises(BackboneError, match=r"another architecture than model\.name=tiny-vit .*"
+                                            r"text_projection 80×48 instead of 64×32.*fit model\.name=tiny-vit-wide"):
+        FrozenCLIP.load("tiny-vit", pretrained=str(path))
+    with pytest.raises(BackboneError, match=r"fit model\.name=tiny-vit-wide"):
+        FrozenCLIP.load("tiny-rn", pretrained=str(path))

@@ -11,7 +11,8 @@ from promptclip.data.loaders import eval_loader, transform_for
 from promptclip.engine import cache as cache_module
 from promptclip.engine.cache import FeatureCache, frozen_features, single_pass_features
 from promptclip.engine.evaluate import evaluate
-from promptclip.engine.run import build_model, evaluate_model, prepare_data, run, run_dir_for
+from promptclip.engine.run import build_model, evaluate_model, prepare_data, run
+from promptclip.runs import default_run_dir as run_dir_for
 
 CPU = torch.device("cpu")
 

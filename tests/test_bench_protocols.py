@@ -1,4 +1,6 @@
 """Protocol files: validation with clear errors, expansion into runs (schedules, rules, scoped overrides), shards."""
+import re
+
 import pytest
 
 from promptclip.bench.protocols import expand, load_protocol, parse_protocol, split_overrides
@@ -17,29 +19,31 @@ def runs_of(name, *overrides):
 def test_few_shot_protocol_follows_the_reference_schedule():
     runs = runs_of("few_shot")
     assert len(runs) == 11 + 3 * 11 * 5 * 3  # zero-shot once per dataset; probe, CoOp, DAPT: 5 shots × 3 seeds
-    epochs = {k: runs[f"coop/DescribableTextures/all/shots_{k}/seed_1"].config.train.epochs for k in (1, 2, 4, 8, 16)}
+    epochs = {k: runs[f"coop/ViT-B-16_openai/DescribableTextures/all/shots_{k}/seed_1"].config.train.epochs
+              for k in (1, 2, 4, 8, 16)}
     assert epochs == {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
-    assert runs["coop/ImageNet/all/shots_16/seed_3"].config.train.epochs == 50
+    assert runs["coop/ViT-B-16_openai/ImageNet/all/shots_16/seed_3"].config.train.epochs == 50
     assert {r.shots for r in runs.values() if r.method == "zeroshot"} == {0}
     assert {r.seed for r in runs.values() if r.method == "zeroshot"} == {1}
-    eurosat = runs["dapt/EuroSAT/all/shots_2/seed_1"].config  # DAPT's per-dataset lr / β_v / β_t, then the epochs
+    eurosat = runs["dapt/ViT-B-16_openai/EuroSAT/all/shots_2/seed_1"].config  # DAPT's lr / β_v / β_t, then epochs
     assert (eurosat.optim.lr, eurosat.losses["dapt_intra"].weight, eurosat.losses["dapt_inter"].weight) == (20, 100, 10)
     assert eurosat.train.epochs == 100
-    probe = runs["linear_probe/Caltech101/all/shots_4/seed_2"].config
+    probe = runs["linear_probe/ViT-B-16_openai/Caltech101/all/shots_4/seed_2"].config
     assert probe.text.name == "linear_probe" and probe.data.shots == 4 and probe.seed == 2
-    assert str(probe.output.dir).endswith("runs/few_shot/linear_probe/Caltech101/all/shots_4/seed_2")
+    assert str(probe.output.dir).endswith("runs/few_shot/linear_probe/ViT-B-16_openai/Caltech101/all/shots_4/seed_2")
 
 
 def test_base_to_new_protocol_trains_on_base_and_evaluates_new():
     runs = runs_of("base_to_new")
-    coop = runs["coop/ImageNet/base/shots_16/seed_1"]  # preset coop_b2n, method name coop
+    coop = runs["coop_b2n/ViT-B-16_openai/ImageNet/base/shots_16/seed_1"]
     assert coop.config.train.epochs == 50 and coop.config.text.n_ctx == 4
-    assert runs["coop/DescribableTextures/base/shots_16/seed_2"].config.train.epochs == 200
+    assert runs["coop_b2n/ViT-B-16_openai/DescribableTextures/base/shots_16/seed_2"].config.train.epochs == 200
     assert all(r.config.data.subsample == "base" for r in runs.values())
     evaluation = coop.evaluations[0]
     assert (evaluation.dataset, evaluation.subsample) == ("ImageNet", "new")
     assert evaluation.overrides == ["data.subsample=new"]
-    assert evaluation.file == coop.run_dir / "evals" / "ImageNet-new.json"
+    assert evaluation.file.parent == coop.run_dir / "evals"
+    assert re.fullmatch(r"ImageNet-new-[0-9a-f]{8}\.json", evaluation.file.name)
 
 
 def test_transfer_protocols_share_their_runs():
@@ -47,17 +51,19 @@ def test_transfer_protocols_share_their_runs():
     assert set(xd) == set(dg)
     for run_id in xd:
         assert xd[run_id].config == dg[run_id].config
-    assert [e.dataset for e in xd["cocoop/ImageNet/all/shots_16/seed_1"].evaluations] == ELEVEN[1:]
-    assert [e.dataset for e in dg["cocoop/ImageNet/all/shots_16/seed_1"].evaluations] == \
+    assert [e.dataset for e in xd["cocoop/ViT-B-16_openai/ImageNet/all/shots_16/seed_1"].evaluations] == ELEVEN[1:]
+    assert [e.dataset for e in dg["cocoop/ViT-B-16_openai/ImageNet/all/shots_16/seed_1"].evaluations] == \
         ["ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR"]
-    assert "data.name=\"ImageNetA\"" in dg["cocoop/ImageNet/all/shots_16/seed_1"].evaluations[2].overrides
+    assert "data.name=\"ImageNetA\"" in dg["cocoop/ViT-B-16_openai/ImageNet/all/shots_16/seed_1"].evaluations[2] \
+        .overrides
 
 
 def test_overrides_change_the_protocol_every_run_or_one_method():
     runs = runs_of("few_shot", "datasets=[EuroSAT]", "shots=[1]", "seeds=[7]", "optim.weight_decay=0.1",
                    "coop:train.epochs=3", "methods=[coop, linear_probe]")
-    assert sorted(runs) == ["coop/EuroSAT/all/shots_1/seed_7", "linear_probe/EuroSAT/all/shots_1/seed_7"]
-    coop, probe = runs["coop/EuroSAT/all/shots_1/seed_7"].config, runs["linear_probe/EuroSAT/all/shots_1/seed_7"].config
+    coop_id, probe_id = (f"{m}/ViT-B-16_openai/EuroSAT/all/shots_1/seed_7" for m in ("coop", "linear_probe"))
+    assert sorted(runs) == [coop_id, probe_id]
+    coop, probe = runs[coop_id].config, runs[probe_id].config
     assert coop.train.epochs == 3 and probe.train.epochs == 0  # the scoped override beats the shots rule
     assert coop.optim.weight_decay == probe.optim.weight_decay == 0.1
     assert coop.data.root == "/data"
@@ -70,10 +76,11 @@ def test_dataset_entries_with_their_own_data_settings(tmp_path):
         "datasets": ["EuroSAT", {"name": "mine", "data": {"name": "imagefolder", "root": str(tmp_path)}}],
         "config": {"output.root": str(tmp_path / "runs")}}, "mine", "inline")
     runs = {r.id: r for r in expand(protocol)}
-    mine = runs["coop_lr/mine/all/shots_2/seed_1"]
+    mine = runs["coop_lr/ViT-B-16_openai/mine/all/shots_2/seed_1"]
     assert (mine.config.data.name, mine.config.data.root, mine.config.optim.lr) == ("imagefolder", str(tmp_path), 0.5)
-    assert mine.config.method == "coop_lr" and runs["coop/mine/all/shots_2/seed_1"].config.optim.lr == 0.002
-    assert mine.run_dir == tmp_path / "runs" / "coop_lr" / "mine" / "all" / "shots_2" / "seed_1"
+    assert mine.config.method == "coop_lr"
+    assert runs["coop/ViT-B-16_openai/mine/all/shots_2/seed_1"].config.optim.lr == 0.002
+    assert mine.run_dir == tmp_path / "runs" / "coop_lr" / "ViT-B-16_openai" / "mine" / "all" / "shots_2" / "seed_1"
 
 
 @pytest.mark.parametrize("change, message", [
@@ -87,7 +94,7 @@ def test_dataset_entries_with_their_own_data_settings(tmp_path):
     ({"evaluations": [{"subsample": "newer"}]}, "must be all, base or new"),
     ({"methods": [{"name": "x"}]}, "a method needs a preset"),
     ({"config": {"optim.lrr": 1}}, "Unknown config key 'optim.lrr'"),
-    ({"methods": ["coop", "coop"]}, "two methods resolve to the run folder coop/EuroSAT"),
+    ({"methods": ["coop", "coop"]}, "two methods resolve to the run folder coop/ViT-B-16_openai/EuroSAT"),
     ({"methods": ["linear_probe"], "evaluations": [{"subsample": "new"}]}, "a linear probe classifies"),
 ])
 def test_protocol_errors_name_the_problem(change, message):

@@ -19,7 +19,8 @@ def write_result(root, run_id, method, dataset, subsample, shots, seed, accuracy
         "pretrained": pretrained, "num_classes": 10, "test": {"accuracy": accuracy, "num_images": 100}}))
     for (label, sub), acc in (evals or {}).items():
         (folder / "evals").mkdir(exist_ok=True)
-        (folder / "evals" / f"{label}-{sub}.json").write_text(json.dumps({"test": {"accuracy": acc}}))
+        (folder / "evals" / f"{label}-{sub}-0000.json").write_text(
+            json.dumps({"label": label, "subsample": sub, "test": {"accuracy": acc}}))
 
 
 def write_manifest(root, name, kind, runs):
@@ -29,7 +30,7 @@ def write_manifest(root, name, kind, runs):
         run_id = f"{method}/{dataset}/{subsample}/shots_{shots}/seed_{seed}"
         entries.append({"id": run_id, "method": method, "dataset": dataset, "subsample": subsample, "shots": shots,
                         "seed": seed, "model": "ViT-B-16", "pretrained": "openai", "dir": run_id,
-                        "evaluations": [{"dataset": d, "subsample": s, "file": f"{run_id}/evals/{d}-{s}.json"}
+                        "evaluations": [{"dataset": d, "subsample": s, "file": f"{run_id}/evals/{d}-{s}-0000.json"}
                                         for d, s in evaluations]})
     (root / f"protocol-{name}.json").write_text(json.dumps({"protocol": name, "kind": kind, "runs": entries}))
 

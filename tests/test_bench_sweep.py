@@ -5,7 +5,7 @@ import json
 import pytest
 
 from bench_fixtures import TINY, cli, fake_benchmarks
-from promptclip.bench.protocols import expand, load_protocol, manifest, split_overrides
+from promptclip.bench.protocols import expand, load_protocol, split_overrides, write_manifest
 from promptclip.bench.report import write_report
 from promptclip.bench.sweep import run_sweep, status
 
@@ -28,8 +28,14 @@ def table(root, name):
         return {(r["method"], r["shots"], r["dataset"], r["metric"]): r for r in csv.DictReader(f)}
 
 
+def evaluation_file(run_dir, name):
+    """``evals/<dataset>-<subsample>-<fingerprint>.json``: exactly one per evaluation asked for."""
+    (path,) = (run_dir / "evals").glob(f"{name}-*.json")
+    return path
+
+
 def accuracy(run_dir, evaluation=None):
-    path = run_dir / ("result.json" if evaluation is None else f"evals/{evaluation}.json")
+    path = run_dir / "result.json" if evaluation is None else evaluation_file(run_dir, evaluation)
     return json.loads(path.read_text())["test"]["accuracy"]
 
 
@@ -40,18 +46,18 @@ def test_few_shot_end_to_end(data, tmp_path, capsys):
     assert cli("bench", "few_shot", *args, "--no-progress") == 0
     manifest = json.loads((root / "protocol-few_shot.json").read_text())
     assert len(manifest["runs"]) == 2 + 2 * 2 * 2  # zero-shot once per dataset; probe and CoOp × 2 seeds
-    coop = root / "coop/EuroSAT/all/shots_2/seed_2"
+    coop = root / "coop/tiny-vit_random/EuroSAT/all/shots_2/seed_2"
     assert "epochs: 1" in (coop / "config.yaml").read_text() and (coop / "prompts.safetensors").is_file()
     assert cli("report", str(root)) == 0
     rows = table(root, "few_shot")
-    seeds = [accuracy(root / f"coop/EuroSAT/all/shots_2/seed_{s}") for s in (1, 2)]
+    seeds = [accuracy(root / f"coop/tiny-vit_random/EuroSAT/all/shots_2/seed_{s}") for s in (1, 2)]
     assert float(rows[("coop", "2", "EuroSAT", "accuracy")]["mean"]) == pytest.approx(sum(seeds) / 2, abs=1e-4)
     assert rows[("zeroshot", "0", "DescribableTextures", "accuracy")]["seeds"] == "1"
     assert ("linear_probe", "2", "average", "accuracy") in rows
     capsys.readouterr()
     assert cli("bench", "few_shot", *args, "--dry-run") == 0
     out = capsys.readouterr().out
-    assert "10 done" in out and "done      coop/EuroSAT/all/shots_2/seed_2" in out
+    assert "10 done" in out and "done      coop/tiny-vit_random/EuroSAT/all/shots_2/seed_2" in out
     assert cli("bench", "few_shot", *args, "--dry-run", "--shard", "1/4") == 0
     shard_ids = [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("done ")]
     assert shard_ids == [r["id"] for r in manifest["runs"]][1::4]
@@ -59,44 +65,44 @@ def test_few_shot_end_to_end(data, tmp_path, capsys):
 
 def test_base_to_new_end_to_end(data, tmp_path):
     root = tmp_path / "runs"
-    assert cli("bench", "base_to_new", *common(data, root), TWO, "shots=[2]", "seeds=[1]", "coop:train.epochs=1",
+    assert cli("bench", "base_to_new", *common(data, root), TWO, "shots=[2]", "seeds=[1]", "coop_b2n:train.epochs=1",
                f"methods=[{ZERO_SHOT_ONCE}, coop_b2n]", "--no-progress") == 0
-    run_dir = root / "coop/EuroSAT/base/shots_2/seed_1"
+    run_dir = root / "coop_b2n/tiny-vit_random/EuroSAT/base/shots_2/seed_1"
     base = json.loads((run_dir / "result.json").read_text())
-    new = json.loads((run_dir / "evals/EuroSAT-new.json").read_text())
+    new = json.loads(evaluation_file(run_dir, "EuroSAT-new").read_text())
     assert (base["num_classes"], len(new["test"]["per_class_accuracy"])) == (2, 2)  # EuroSAT's 4 fake classes
     write_report(root)
     rows = table(root, "base_to_new")
     b, n = base["test"]["accuracy"], new["test"]["accuracy"]
     h = 2 * b * n / (b + n) if b + n else 0.0
-    assert float(rows[("coop", "2", "EuroSAT", "H")]["mean"]) == pytest.approx(h, abs=1e-4)
-    dtd = root / "coop/DescribableTextures/base/shots_2/seed_1"
+    assert float(rows[("coop_b2n", "2", "EuroSAT", "H")]["mean"]) == pytest.approx(h, abs=1e-4)
+    dtd = root / "coop_b2n/tiny-vit_random/DescribableTextures/base/shots_2/seed_1"
     b_avg = (b + accuracy(dtd)) / 2
     n_avg = (n + accuracy(dtd, "DescribableTextures-new")) / 2
-    assert float(rows[("coop", "2", "average", "H")]["mean"]) == pytest.approx(2 * b_avg * n_avg / (b_avg + n_avg),
+    assert float(rows[("coop_b2n", "2", "average", "H")]["mean"]) == pytest.approx(2 * b_avg * n_avg / (b_avg + n_avg),
                                                                                abs=1e-4)
 
 
 def test_cross_dataset_then_domain_generalization_share_the_runs(data, tmp_path):
     root = tmp_path / "runs"
-    args = [*common(data, root), "shots=[2]", "seeds=[1]", "coop:train.epochs=1",
+    args = [*common(data, root), "shots=[2]", "seeds=[1]", "coop_b2n:train.epochs=1",
             f"methods=[{ZERO_SHOT_ONCE}, coop_b2n]"]
     assert cli("bench", "cross_dataset", *args, "evaluations=[{datasets: [DescribableTextures, EuroSAT]}]",
                "--no-progress") == 0
-    run_dir = root / "coop/ImageNet/all/shots_2/seed_1"
+    run_dir = root / "coop_b2n/tiny-vit_random/ImageNet/all/shots_2/seed_1"
     trained = (run_dir / "result.json").stat().st_mtime_ns
     assert cli("bench", "domain_generalization", *args, "evaluations=[{datasets: [ImageNetV2, ImageNetA]}]",
                "--no-progress") == 0
     assert (run_dir / "result.json").stat().st_mtime_ns == trained  # the same run, only new evaluations
-    assert sorted(p.name for p in (run_dir / "evals").iterdir()) == \
-        ["DescribableTextures-all.json", "EuroSAT-all.json", "ImageNetA-all.json", "ImageNetV2-all.json"]
-    assert len(json.loads((run_dir / "evals/ImageNetA-all.json").read_text())["test"]["per_class_accuracy"]) == 3
+    assert sorted(p.name.rsplit("-", 1)[0] for p in (run_dir / "evals").iterdir()) == \
+        ["DescribableTextures-all", "EuroSAT-all", "ImageNetA-all", "ImageNetV2-all"]
+    assert len(json.loads(evaluation_file(run_dir, "ImageNetA-all").read_text())["test"]["per_class_accuracy"]) == 3
     write_report(root)
     dg = table(root, "domain_generalization")
-    assert float(dg[("coop", "2", "ImageNetV2", "accuracy")]["mean"]) == pytest.approx(
+    assert float(dg[("coop_b2n", "2", "ImageNetV2", "accuracy")]["mean"]) == pytest.approx(
         accuracy(run_dir, "ImageNetV2-all"), abs=1e-4)
     assert float(table(root, "cross_dataset")[("zeroshot", "0", "ImageNet", "accuracy")]["mean"]) == pytest.approx(
-        accuracy(root / "zeroshot/ImageNet/all/shots_0/seed_1"), abs=1e-4)
+        accuracy(root / "zeroshot/tiny-vit_random/ImageNet/all/shots_0/seed_1"), abs=1e-4)
 
 
 class Killed(Exception):
@@ -110,7 +116,7 @@ def sweep_runs(data, root):
     protocol = load_protocol("few_shot", keys)
     runs = expand(protocol, overrides, scoped)
     root.mkdir(parents=True)
-    (root / "protocol-few_shot.json").write_text(json.dumps(manifest(protocol, runs, root, [])))
+    write_manifest(protocol, runs, root, [])
     return runs
 
 
@@ -146,8 +152,9 @@ def test_runs_dispatched_to_worker_processes(data, tmp_path):
     root = tmp_path / "runs"
     args = [TWO, "methods=[zeroshot]", "shots=[0]", "seeds=[1]", "--no-progress"]
     assert cli("bench", "few_shot", *common(data, root), *args, "--gpus", "2") == 0
-    parallel = {d: accuracy(root / f"zeroshot/{d}/all/shots_0/seed_1") for d in ("DescribableTextures", "EuroSAT")}
-    assert "test accuracy" in (root / "zeroshot/EuroSAT/all/shots_0/seed_1/sweep.log").read_text()
+    parallel = {d: accuracy(root / f"zeroshot/tiny-vit_random/{d}/all/shots_0/seed_1")
+                for d in ("DescribableTextures", "EuroSAT")}
+    assert "test accuracy" in (root / "zeroshot/tiny-vit_random/EuroSAT/all/shots_0/seed_1/sweep.log").read_text()
     other = tmp_path / "sequential"
     assert cli("bench", "few_shot", *common(data, other), *args) == 0
-    assert parallel == {d: accuracy(other / f"zeroshot/{d}/all/shots_0/seed_1") for d in parallel}
+    assert parallel == {d: accuracy(other / f"zeroshot/tiny-vit_random/{d}/all/shots_0/seed_1") for d in parallel}

@@ -15,8 +15,9 @@ def common(digits_root, tmp_path):
 def test_train_eval_predict(digits_root, tmp_path, capsys):
     assert main(["-q", "train", "-c", "coop", "text.n_ctx=4", "data.subsample=base",
                  *common(digits_root, tmp_path)]) == 0
-    assert "test accuracy" in capsys.readouterr().out
-    run_dir = tmp_path / "runs" / "coop" / digits_root.name / "base" / "shots_2" / "seed_1"
+    out = capsys.readouterr().out
+    (run_dir,) = (tmp_path / "runs" / "coop" / "tiny-vit_random").glob(f"{digits_root.name}-*/base/shots_2/seed_1")
+    assert "test accuracy" in out and str(run_dir) in out
     assert json.loads((run_dir / "result.json").read_text())["num_classes"] == 5
 
     assert main(["-q", "eval", str(run_dir), "data.subsample=new"]) == 0
@@ -51,7 +52,7 @@ def test_config_command_lists_and_resolves(capsys):
 @pytest.mark.parametrize("args, message", [
     (["train", "-c", "coop", "optim.lrr=1"], "Did you mean 'optim.lr'"),
     (["train", "-c", "coop", "data.root=/no/such/folder", "model.name=tiny-vit"], "/no/such/folder"),
-    (["predict", "/no/run", "x.png"], "No saved prompts"),
+    (["predict", "/no/run", "x.png"], "Run folder /no/run does not exist"),
 ])
 def test_errors_are_one_clear_line(args, message, capsys):
     assert main(["-q", *args]) == 2

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fake_datasets import (EXPECTED, IMAGENET, IMAGENET_A, IMAGENET_R, IMAGENETV2_FOLDERS, SPLITS, make_fake_dataset,
-                           make_fake_root, path_token, per_class_split)
+from fake_datasets import (EXPECTED, IMAGENET, IMAGENET_A, IMAGENET_R, IMAGENETV2_FOLDERS, SPLITS, imagenet_classnames,
+                           make_fake_dataset, make_fake_root, path_token, per_class_split, write_images)
 from promptclip.data import DATASETS, few_shot, load_dataset, prompt_classname, subsample_classes
 from promptclip.data.benchmarks import BENCHMARKS
 from promptclip.data.fewshot import draw_path
@@ -50,13 +50,12 @@ def test_reader_reads_the_layout(root, name):
     ds = load_dataset(name, root)
     assert ds.name == name
     assert ds.template == TEMPLATES.get(name, "a photo of a {}.")
-    if name == "ImageNetV2":
-        assert len(ds.classnames) == 1000 and ds.classnames[:3] == ["tench", "goldfish", "great white shark"]
+    if name == "ImageNetV2":  # classnames.txt lists the fake's 11 classes; folder i is class i
+        assert ds.classnames[:3] == ["tench", "goldfish", "great white shark"]
         assert sorted({i.label for i in ds.test}) == list(IMAGENETV2_FOLDERS)
-        assert any("4 of the 1000 class folders" in n for n in ds.notes)
-    else:
-        assert ds.classnames == expected_classnames(name)
-    n_classes = len(IMAGENETV2_FOLDERS) if name == "ImageNetV2" else len(ds.classnames)
+        assert any("gives 11 classes where ImageNetV2 has 1000" in n for n in ds.notes)
+    assert ds.classnames == expected_classnames(name)
+    n_classes = len(ds.classnames)
     sizes = EXPECTED[name][1](N)
     for split, size in zip(SPLITS, sizes):
         items = ds.split(split)
@@ -109,13 +108,20 @@ def test_base_new_relabels_every_split(root, name):
 
 
 def test_imagenet_names_from_open_clip_without_classnames_txt(tmp_path):
-    make_fake_dataset("ImageNet", tmp_path, n_per_class=2, with_split=False)
+    import open_clip
+
+    make_fake_dataset("ImageNet", tmp_path, n_per_class=1, with_split=False)
     assert not (tmp_path / "imagenet" / "classnames.txt").exists()
-    assert load_dataset("ImageNet", tmp_path).classnames == list(IMAGENET.values())
+    # without classnames.txt the class list is all 1000 ImageNet classes, so each needs its folders
+    write_images(tmp_path / "imagenet" / "images" / split / w / "a.JPEG"
+                 for w in imagenet_classnames() for split in ("train", "val"))
+    ds = load_dataset("ImageNet", tmp_path)
+    assert ds.classnames == list(open_clip.IMAGENET_CLASSNAMES) and not ds.notes
+    assert ds.classnames[:4] == list(IMAGENET.values())
 
 
 def test_shift_sets_take_names_from_classnames_txt_when_present(tmp_path):
-    make_fake_dataset("ImageNetR", tmp_path, n_per_class=2)
+    make_fake_dataset("ImageNetR", tmp_path, n_per_class=2, with_split=False)  # no classnames.txt of its own
     imagenet = tmp_path / "imagenet"
     imagenet.mkdir()
     (imagenet / "classnames.txt").write_text("n01443537 gold fish\nn01484850 white shark\nn01494475 hammerhead\n")
@@ -192,7 +198,7 @@ def test_write_split_to_root_puts_it_in_the_data_tree(tmp_path):
 def test_few_shot_is_reproducible_per_seed_and_differs_across_seeds(root, tmp_path):
     ds = load_dataset("DescribableTextures", root)
     a = few_shot(ds, 4, seed=1, cache_dir=tmp_path)
-    assert draw_path(tmp_path, ds.name, 4, 1).is_file()
+    assert draw_path(tmp_path, ds, 4, 1).is_file()
     assert a.train == few_shot(ds, 4, seed=1).train  # the same draw, with or without the cache
     assert a.train != few_shot(ds, 4, seed=2).train
     assert sorted(i.label for i in a.train) == [k for k in range(3) for _ in range(4)]
@@ -202,26 +208,37 @@ def test_few_shot_is_reproducible_per_seed_and_differs_across_seeds(root, tmp_pa
 
 def test_few_shot_draw_survives_moving_the_data_root(root, tmp_path):
     cache = tmp_path / "cache"
-    first = few_shot(load_dataset("OxfordPets", root), 2, seed=3, cache_dir=cache)
+    pets = load_dataset("OxfordPets", root)
+    first = few_shot(pets, 2, seed=3, cache_dir=cache)
     moved = tmp_path / "moved"
     shutil.copytree(root / "oxford_pets", moved / "oxford_pets")
-    stored = draw_path(cache, "OxfordPets", 2, 3).read_text()
+    stored = draw_path(cache, pets, 2, 3).read_text()
     second = few_shot(load_dataset("OxfordPets", moved), 2, seed=3, cache_dir=cache)
-    assert draw_path(cache, "OxfordPets", 2, 3).read_text() == stored  # reused, not redrawn
+    assert draw_path(cache, load_dataset("OxfordPets", moved), 2, 3).read_text() == stored  # reused, not redrawn
     rel = lambda ds: [(Path(i.path).relative_to(ds.root).as_posix(), i.label) for i in ds.train]  # noqa: E731
     assert rel(first) == rel(second) and all(i.path.startswith(str(moved)) for i in second.train)
 
 
-def test_few_shot_draw_is_refused_when_the_dataset_changed(tmp_path):
+def test_a_changed_or_namesake_dataset_never_reuses_a_draw(tmp_path):
     folder = make_fake_dataset("Food101", tmp_path / "data", n_per_class=N)
     cache = tmp_path / "cache"
-    few_shot(load_dataset("Food101", tmp_path / "data"), 1, seed=1, cache_dir=cache)
+    original = load_dataset("Food101", tmp_path / "data")
+    few_shot(original, 1, seed=1, cache_dir=cache)
     split_file = folder / "split_zhou_Food101.json"
     split = json.loads(split_file.read_text())
+    removed = split["train"][0][0]
     split["train"] = split["train"][1:]
     split_file.write_text(json.dumps(split))
-    with pytest.raises(DataError, match="different version of dataset 'Food101'.*Delete that file"):
-        few_shot(load_dataset("Food101", tmp_path / "data"), 1, seed=1, cache_dir=cache)
+    changed = load_dataset("Food101", tmp_path / "data")
+    drawn = few_shot(changed, 1, seed=1, cache_dir=cache)
+    assert draw_path(cache, changed, 1, 1) != draw_path(cache, original, 1, 1)
+    assert draw_path(cache, original, 1, 1).is_file() and draw_path(cache, changed, 1, 1).is_file()
+    assert not any(i.path.endswith(removed) for i in drawn.train)
+    assert drawn.train == few_shot(changed, 1, seed=1).train  # the draw of the data as it is now
+    stored = json.loads(draw_path(cache, changed, 1, 1).read_text())
+    draw_path(cache, changed, 1, 1).write_text(json.dumps(dict(stored, dataset_checksum="0" * 16)))
+    with pytest.raises(DataError, match="does not belong to the data it is filed under.*Delete that file"):
+        few_shot(changed, 1, seed=1, cache_dir=cache)
 
 
 def test_few_shot_happens_before_base_new(root):

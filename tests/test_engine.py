@@ -10,7 +10,8 @@ from PIL import Image
 from sklearn.metrics import f1_score
 
 from promptclip.config import OptimConfig, build_config
-from promptclip.engine import evaluate_run, load_prompts, run, run_dir_for
+from promptclip.engine import evaluate_run, load_prompts, run
+from promptclip.runs import default_run_dir as run_dir_for
 from promptclip.engine.evaluate import metrics_from_predictions, predict_loader
 from promptclip.engine.trainer import lr_at
 from promptclip.errors import BackboneError, DataError
@@ -140,7 +141,10 @@ def test_evaluating_on_new_classes(digits_root, tmp_path):
     assert result["num_classes"] == 5
     new = evaluate_run(run_dir_for(cfg), ["data.subsample=new"], progress=False)
     assert new["test"]["num_images"] > 0 and len(new["test"]["per_class_accuracy"]) == 5
-    assert (run_dir_for(cfg) / "evals" / f"{digits_root.name}-new.json").is_file()
+    (saved,) = (run_dir_for(cfg) / "evals").glob(f"{digits_root.name}-*-new-*.json")
+    assert json.loads(saved.read_text())["test"] == new["test"]
+    again = evaluate_run(run_dir_for(cfg), ["data.subsample=new"], progress=False)
+    assert again["cached"] and again["test"] == new["test"]
 
 
 def test_more_shots_than_a_class_has_uses_all_and_warns(tmp_path, caplog):

@@ -1,6 +1,2 @@
-"""Benchmarks: protocol files → runs, the resumable sweep, reports beside published numbers."""
-from .protocols import Protocol, RunSpec, expand, load_protocol, split_overrides
-from .report import write_report
-from .sweep import run_sweep, shard
-
-__all__ = ["Protocol", "RunSpec", "expand", "load_protocol", "split_overrides", "write_report", "run_sweep", "shard"]
+"""Benchmarks: protocol files → runs (``protocols``), the resumable sweep (``sweep``), reports beside published
+numbers (``report``). The package itself imports nothing, so ``promptclip report`` and ``--help`` stay torch-free."""

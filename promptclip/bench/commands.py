@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import List
+from typing import TYPE_CHECKING, List
 
-from ..utils import atomic_write_json
-from .protocols import RunSpec, expand, load_protocol, manifest, split_overrides, sweep_root
-from .report import write_report
-from .sweep import config_changes, parse_shard, run_sweep, shard, status
+if TYPE_CHECKING:  # the bench library imports torch: load it only when a command runs, so --help stays fast
+    from .protocols import RunSpec
 
 BENCH_HELP = """Run a benchmark protocol: every (method, dataset, shots, seed) run and its evaluations.
 Finished runs are skipped and interrupted ones resume, so rerun the same command after a kill or a crash.
@@ -31,6 +29,8 @@ def add_bench_commands(subparsers) -> None:
     bench.add_argument("--gpus", type=int, default=0, metavar="N",
                        help="run N runs at a time, each in its own process on its own GPU")
     bench.add_argument("--keep-going", action="store_true", help="after a failed run, go on with the others")
+    bench.add_argument("--replace", action="store_true",
+                       help="redo runs whose folders hold runs made with other settings (deletes those runs)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     bench.set_defaults(func=bench_command)
 
@@ -44,6 +44,9 @@ def add_bench_commands(subparsers) -> None:
 
 
 def bench_command(args: argparse.Namespace) -> int:
+    from .protocols import expand, load_protocol, split_overrides, sweep_root, write_manifest
+    from .sweep import parse_shard, run_sweep, shard
+
     protocol_keys, common, scoped = split_overrides(args.overrides)
     protocol = load_protocol(args.protocol, protocol_keys)
     runs = expand(protocol, common, scoped)
@@ -54,18 +57,27 @@ def bench_command(args: argparse.Namespace) -> int:
     if args.dry_run:
         print_plan(selected)
         return 0
-    atomic_write_json(root / f"protocol-{protocol.name}.json", manifest(protocol, runs, root, args.overrides))
-    outcome = run_sweep(selected, gpus=args.gpus, keep_going=args.keep_going, progress=not args.no_progress)
+    write_manifest(protocol, runs, root, args.overrides)
+    outcome = run_sweep(selected, gpus=args.gpus, keep_going=args.keep_going, progress=not args.no_progress,
+                        replace=args.replace)
     print(f"Finished {len(outcome.finished)} runs, {len(outcome.skipped)} were already done, "
-          f"{len(outcome.failed)} failed.")
+          f"{len(outcome.failed)} failed, {len(outcome.busy)} busy in other processes, "
+          f"{len(outcome.other)} not run (their folders hold runs made with other settings).")
     for run_id, error in outcome.failed.items():
         print(f"  FAILED {run_id}: {error}")
+    for run_id, changes in outcome.other.items():
+        print(f"  OTHER SETTINGS {run_id}: {'; '.join(changes[:6])}")
+    if outcome.other:
+        print("  Those runs are not counted as done. Redo them with the protocol's settings with --replace, or give "
+              "these settings another sweep folder (output.root=...).")
     print(f"Tables: promptclip report {root}")
-    return 1 if outcome.failed else 0
+    return 1 if outcome.failed or outcome.other else 0
 
 
-def print_plan(runs: List[RunSpec]) -> None:
+def print_plan(runs: List["RunSpec"]) -> None:
     """One line per run: state, folder, the settings that differ most between methods, evaluations."""
+    from .sweep import config_changes, status
+
     counts: dict = {}
     print(f"{'state':<9} {'run':<60} {'epochs':>6} {'lr':>8} {'batch':>5}  evaluations")
     for spec in runs:
@@ -75,18 +87,19 @@ def print_plan(runs: List[RunSpec]) -> None:
         evaluations = _evaluations_text(spec)
         print(f"{state:<9} {spec.id:<60} {cfg.train.epochs:>6} {cfg.optim.lr:>8g} {cfg.train.batch_size:>5}  "
               f"{evaluations}")
-        changed = config_changes(spec) if state != "todo" else []
-        if changed:
-            print(f"{'':<9} ! its folder holds a run made with other settings: {', '.join(changed[:6])}")
+        if state == "other":
+            print(f"{'':<9} ! its folder holds a run made with other settings: {'; '.join(config_changes(spec)[:6])}")
     print(", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
 
 
-def _evaluations_text(spec: RunSpec) -> str:
+def _evaluations_text(spec: "RunSpec") -> str:
     names = [e.subsample if e.dataset == spec.dataset else e.dataset for e in spec.evaluations]
     return "-" if not names else ", ".join(names) if len(names) <= 4 else f"{len(names)}: {', '.join(names[:3])}, ..."
 
 
 def report_command(args: argparse.Namespace) -> int:
+    from .report import write_report
+
     report = write_report(args.dir, args.out, plots=not args.no_plots)
     print(report.markdown.read_text())
     print(f"Written: {report.markdown}, {', '.join(str(p) for p in report.csvs + report.plots)}")

@@ -25,21 +25,24 @@ A run's config is built from, later layers winning: the method's presets, ``conf
 dataset's ``data``, matching ``rules``, command-line overrides, command-line overrides scoped to the method
 (``coop:train.epochs=1``). ``seed``, ``data.shots``, ``data.subsample`` and ``output.dir`` come from the protocol
 itself; ``data.name`` from ``datasets``.
-Runs live in ``<output.root>/<method>/<dataset>/<subsample>/shots_<K>/seed_<S>``.
+Runs live in ``<output.root>/<method>/<backbone>/<dataset>/<subsample>/shots_<K>/seed_<S>`` (:mod:`promptclip.runs`);
+a dataset's aliases (``dtd``, ``DTD``) are its canonical name everywhere: folders, rules, ``{dataset}`` in presets.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .. import linear_probe
+from .. import linear_probe, runs
 from ..config import (CONFIG_DIR, DEFAULT_TEXT, Config, from_dict, load_yaml, merge, parse_override,
                       read_yaml_mapping)
 from ..errors import ConfigError
 from ..registry import suggest
+from ..utils import atomic_write_json
 
 PROTOCOL_DIR = CONFIG_DIR / "protocols"
 KINDS = ("few_shot", "base_to_new", "cross_dataset", "domain_generalization")
@@ -122,6 +125,7 @@ class RunSpec:
     seed: int
     config: Config
     run_dir: Path
+    identity: runs.Identity
     evaluations: List[EvalSpec] = field(default_factory=list)
 
 
@@ -172,15 +176,22 @@ def nested(settings: Dict[str, Any], where: str) -> dict:
     return out
 
 
+def _label(name: str, where: str) -> str:
+    try:
+        return runs.safe_component(runs.canonical_dataset(name), "dataset name")
+    except ConfigError as err:
+        raise _error(where, str(err)) from None
+
+
 def _dataset(value: Any, where: str) -> DatasetEntry:
     if isinstance(value, str) and value:
-        return DatasetEntry(value, {"name": value})
+        return DatasetEntry(_label(value, where), {"name": value})
     entry = _mapping(value, where)
     _unknown_keys(entry, ("name", "data"), where)
     if not isinstance(entry.get("name"), str) or not entry["name"]:
         raise _error(where, "a dataset needs a name (its label in run folders and reports).")
     data = _mapping(entry.get("data"), f"{where}.data")
-    return DatasetEntry(entry["name"], {"name": entry["name"], **copy.deepcopy(data)})
+    return DatasetEntry(_label(entry["name"], where), {"name": entry["name"], **copy.deepcopy(data)})
 
 
 def _method(value: Any, where: str) -> MethodEntry:
@@ -191,8 +202,13 @@ def _method(value: Any, where: str) -> MethodEntry:
     if "preset" not in entry:
         raise _error(where, "a method needs a preset (e.g. {preset: coop}).")
     name = entry.get("name")
-    if name is not None and (not isinstance(name, str) or not name or "/" in name):
+    if name is not None and not isinstance(name, str):
         raise _error(f"{where}.name", f"must be a name usable as a folder, got {name!r}.")
+    if name is not None:
+        try:
+            runs.safe_component(name, "method name")
+        except ConfigError as err:
+            raise _error(f"{where}.name", str(err)) from None
     return MethodEntry(_strings(entry["preset"], f"{where}.preset"), name,
                        _ints(entry["shots"], f"{where}.shots") if "shots" in entry else None,
                        _ints(entry["seeds"], f"{where}.seeds") if "seeds" in entry else None,
@@ -208,6 +224,8 @@ def _rule(value: Any, where: str) -> Rule:
     _unknown_keys(when, WHEN_KEYS, f"{where}.when")
     conditions = {key: (_ints(v, f"{where}.when.{key}") if key in ("shots", "seed") else
                         _strings(v, f"{where}.when.{key}")) for key, v in when.items()}
+    if "dataset" in conditions:
+        conditions["dataset"] = tuple(runs.canonical_dataset(d) for d in conditions["dataset"])
     presets = _strings(entry["presets"], f"{where}.presets") if "presets" in entry else ()
     return Rule(conditions, nested(entry.get("set"), f"{where}.set"), presets)
 
@@ -350,7 +368,7 @@ def expand(protocol: Protocol, overrides: Sequence[str] = (), scoped: Optional[D
     cli = [parse_override(text) for text in overrides]
     root = sweep_root(protocol, overrides)
     method_names = set()
-    runs: List[RunSpec] = []
+    specs: List[RunSpec] = []
     for method in protocol.methods:
         presets = [load_yaml(p) for p in method.presets]
         named = _build([*presets, protocol.config, method.config, *cli], f"{protocol.source}: {method.presets}")
@@ -358,41 +376,53 @@ def expand(protocol: Protocol, overrides: Sequence[str] = (), scoped: Optional[D
         method_names |= {name, *method.presets}
         mine = [parse_override(t) for scope, texts in scoped.items() if scope in (name, *method.presets)
                 for t in texts]
-        identity = {"method": name} if method.name else {}
+        named_method = {"method": name} if method.name else {}
         for dataset in protocol.datasets:
             for shots in method.shots or protocol.shots:
                 for seed in method.seeds or protocol.seeds:
-                    run_id = f"{name}/{dataset.label}/{protocol.subsample}/shots_{shots}/seed_{seed}"
+                    where = f"{protocol.source}: {name} {dataset.label} shots {shots} seed {seed}"
                     rule_layers: List[dict] = []
                     for rule in protocol.rules:
                         if _matches(rule, method, name, dataset.label, shots, seed):
                             rule_layers += [load_yaml(p.format(dataset=dataset.label)) for p in rule.presets]
                             rule_layers.append(rule.set)
-                    run_dir = root / run_id
                     owned = {"seed": seed, "data": {"shots": shots, "subsample": protocol.subsample},
-                             "output": {"dir": str(run_dir)}, **identity}
+                             **named_method}
                     cfg = _build([*presets, protocol.config, method.config, {"data": dataset.data}, *rule_layers,
-                                  *cli, *mine, owned], f"{protocol.source}: run {run_id}")
-                    runs.append(RunSpec(run_id, name, dataset.label, protocol.subsample, shots, seed, cfg, run_dir,
-                                        _eval_specs(protocol, cfg, dataset, run_dir, run_id)))
-    _check(protocol, runs, method_names, scoped)
-    return runs
+                                  *cli, *mine, owned], where)
+                    cfg = runs.resolve(cfg)
+                    run_dir = runs.run_path(root, name, runs.backbone_label(cfg.model.name, cfg.model.pretrained),
+                                            dataset.label, protocol.subsample, cfg.data.shots, seed)
+                    cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, dir=str(run_dir)))
+                    identity = runs.Identity.of(cfg)
+                    specs.append(RunSpec(str(run_dir.relative_to(root)), name, dataset.label, protocol.subsample,
+                                         cfg.data.shots, seed, cfg, run_dir, identity,
+                                         _eval_specs(protocol, cfg, identity, dataset, where)))
+    _check(protocol, specs, method_names, scoped)
+    return specs
 
 
-def _eval_specs(protocol: Protocol, cfg: Config, dataset: DatasetEntry, run_dir: Path, run_id: str
+def _eval_specs(protocol: Protocol, cfg: Config, identity: runs.Identity, dataset: DatasetEntry, where: str
                 ) -> List[EvalSpec]:
     if protocol.evaluations and linear_probe.is_linear_probe(cfg):
-        raise ConfigError(f"{protocol.source}: run {run_id}: a linear probe classifies its training classes only; "
-                          f"it cannot be evaluated on other classes or datasets. Remove it from this protocol.")
+        raise ConfigError(f"{where}: a linear probe classifies its training classes only; it cannot be evaluated on "
+                          f"other classes or datasets. Remove it from this protocol.")
     specs = []
     for evaluation in protocol.evaluations:
         target = evaluation.dataset or dataset
         overrides = [f"data.subsample={evaluation.subsample}"]
         if evaluation.dataset is not None:  # another dataset: its data settings override the run's
             overrides += _flatten({"data": evaluation.dataset.data})
-        specs.append(EvalSpec(target.label, evaluation.subsample, overrides,
-                              run_dir / "evals" / f"{target.label}-{evaluation.subsample}.json"))
+        specs.append(eval_spec(cfg, identity, target.label, evaluation.subsample, overrides))
     return specs
+
+
+def eval_spec(cfg: Config, identity: runs.Identity, label: str, subsample: str, overrides: List[str]) -> EvalSpec:
+    """An evaluation of the run ``cfg`` with ``overrides``, and the file :func:`evaluate_run` writes it to."""
+    from ..engine.run import evaluation_config
+
+    evaluation = runs.eval_identity(evaluation_config(cfg, overrides), identity.fingerprint)
+    return EvalSpec(label, subsample, overrides, runs.eval_file(cfg.output.dir, label, subsample, evaluation))
 
 
 def _check(protocol: Protocol, runs: List[RunSpec], method_names: set, scoped: Dict[str, List[str]]) -> None:
@@ -408,18 +438,22 @@ def _check(protocol: Protocol, runs: List[RunSpec], method_names: set, scoped: D
                               f"{', '.join(sorted(method_names))}.{suggest(scope, method_names)}")
 
 
-def manifest(protocol: Protocol, runs: List[RunSpec], root: Path, overrides: Sequence[str]) -> dict:
-    """What the report needs to know about a sweep: its kind and every planned run and evaluation."""
-    def rel(path: Path) -> str:
-        return str(Path(path).relative_to(root)) if Path(path).is_relative_to(root) else str(path)
+def write_manifest(protocol: Protocol, specs: List[RunSpec], root: Path, overrides: Sequence[str]) -> Path:
+    """``root/protocol-<name>.json``: the sweep's kind and every planned run and evaluation, for the report."""
+    root = Path(root)
 
-    return {
+    def rel(path: Path) -> str:
+        return str(Path(path).relative_to(root))
+
+    path = runs.manifest_path(root, protocol.name)
+    atomic_write_json(path, {
         "protocol": protocol.name, "kind": protocol.kind, "source": protocol.source,
         "description": protocol.description, "overrides": list(overrides),
         "runs": [{"id": r.id, "method": r.method, "dataset": r.dataset, "subsample": r.subsample, "shots": r.shots,
                   "seed": r.seed, "model": r.config.model.name, "pretrained": r.config.model.pretrained,
-                  "dir": rel(r.run_dir),
+                  "dir": rel(r.run_dir), "fingerprint": r.identity.fingerprint,
                   "evaluations": [{"dataset": e.dataset, "subsample": e.subsample, "file": rel(e.file)}
                                   for e in r.evaluations]}
-                 for r in runs],
-    }
+                 for r in specs],
+    })
+    return path

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Tuple
 
 #: paper name → our method names (the ``method`` field of presets) that reproduce it
 METHODS: Dict[str, Tuple[str, ...]] = {
-    "zero-shot CLIP": ("zeroshot",), "CoOp": ("coop",), "CoCoOp": ("cocoop",),
+    "zero-shot CLIP": ("zeroshot",), "CoOp": ("coop", "coop_b2n"), "CoCoOp": ("cocoop",),
     "deep vision prompting": ("vpt_deep_clip",), "IVLP": ("ivlp",), "MaPLe": ("maple", "maple_xd"),
     "PromptSRC": ("promptsrc",),
 }

@@ -17,14 +17,14 @@ with the difference (ours − published) when the runs used the published backbo
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
 
-from ..engine.run import RESULT
+from .. import runs
+from ..errors import PromptclipError
 from .published import AVERAGE, ELEVEN, SHIFTS, Number, lookup
 
 log = logging.getLogger("promptclip")
@@ -49,6 +49,7 @@ class Record:
     pretrained: Optional[str]
     accuracy: Optional[float]
     evals: Dict[Tuple[str, str], Optional[float]] = field(default_factory=dict)  # (dataset, subsample) → acc
+    problems: List[str] = field(default_factory=list)  # why a result present on disk is not used
 
 
 @dataclass
@@ -61,45 +62,63 @@ class Sweep:
     def missing(self) -> List[str]:
         lines = []
         for r in self.records:
-            if r.accuracy is None:
+            lines += [f"{r.id}: {problem}" for problem in r.problems]
+            if r.accuracy is None and not r.problems:
                 lines.append(f"{r.id}: not finished")
             lines += [f"{r.id}: evaluation on {d} ({s} classes) missing" for (d, s), acc in r.evals.items()
                       if acc is None and r.accuracy is not None]
         return lines
 
 
-def _read_json(path: Path) -> Optional[dict]:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def _accuracy(data: Optional[dict]) -> Optional[float]:
     return data["test"]["accuracy"] if data and "test" in data else None
 
 
+def _read(path: Path, what: str, problems: List[str], fingerprint: Optional[str] = None) -> Optional[dict]:
+    """A result file, or None (with the reason in ``problems``) when it is damaged or from other settings."""
+    try:
+        data = runs.read_json(path, what, ("test",))
+    except runs.CorruptFile as err:
+        problems.append(f"{err} Not counted; rerun the sweep to redo it.")
+        return None
+    if data is not None and fingerprint and data.get("fingerprint") != fingerprint:
+        problems.append(f"{path} was made with other settings than the sweep planned; not counted.")
+        return None
+    return data
+
+
 def _from_manifest(path: Path) -> Sweep:
-    root = path.parent
-    data = json.loads(path.read_text())
+    data = runs.read_manifest(path)
     records = []
     for run in data["runs"]:
-        records.append(Record(
-            run["id"], run["method"], run["dataset"], run["subsample"], run["shots"], run["seed"], run["model"],
-            run["pretrained"], _accuracy(_read_json(root / run["dir"] / RESULT)),
-            {(e["dataset"], e["subsample"]): _accuracy(_read_json(root / e["file"])) for e in run["evaluations"]}))
+        problems: List[str] = []
+        result = _read(run["path"] / runs.RESULT, "a run's result", problems, run.get("fingerprint"))
+        evals = {(e["dataset"], e["subsample"]): _accuracy(_read(e["path"], "an evaluation result", problems))
+                 for e in run["evaluations"]}
+        records.append(Record(run["id"], run["method"], run["dataset"], run["subsample"], run["shots"], run["seed"],
+                              run["model"], run["pretrained"], _accuracy(result), evals, problems))
     return Sweep(data["protocol"], data["kind"], data.get("description", ""), records)
 
 
 def _from_results(root: Path) -> Sweep:
     """Every finished run under ``root`` (no manifest: nothing is known to be missing)."""
     records = []
-    for path in sorted(root.rglob(RESULT)):
-        result = json.loads(path.read_text())
+    for path in sorted(root.rglob(runs.RESULT)):
+        problems: List[str] = []
+        result = _read(path, "a run's result", problems)
+        run_id = str(path.parent.relative_to(root))
+        if result is None:
+            records.append(Record(run_id, "?", "?", "?", 0, 0, "?", None, None, {}, problems))
+            continue
         evals = {}
-        for file in sorted((path.parent / "evals").glob("*.json")):
-            label, subsample = file.stem.rsplit("-", 1)
-            evals[(label, subsample)] = _accuracy(_read_json(file))
-        records.append(Record(str(path.parent.relative_to(root)), result["method"], result["dataset"],
-                              result["subsample"], result["shots"], result["seed"], result["model"],
-                              result.get("pretrained"), _accuracy(result), evals))
+        for file in sorted((path.parent / runs.EVALS).glob("*.json")):
+            evaluation = _read(file, "an evaluation result", problems)
+            if evaluation is not None:
+                key = (evaluation.get("label", evaluation.get("dataset")), evaluation.get("subsample", "all"))
+                evals[key] = _accuracy(evaluation)
+        records.append(Record(run_id, result["method"], result["dataset"], result["subsample"], result["shots"],
+                              result["seed"], result["model"], result.get("pretrained"), _accuracy(result), evals,
+                              problems))
     return Sweep(root.name, _infer_kind(records), "", records)
 
 
@@ -114,7 +133,10 @@ def _infer_kind(records: Sequence[Record]) -> str:
 
 def collect(directory: Path) -> List[Sweep]:
     directory = Path(directory)
-    manifests = sorted(directory.glob("protocol-*.json"))
+    if not directory.is_dir():
+        raise PromptclipError(f"{directory} is not a folder: give a sweep folder (the output.root of a bench "
+                              f"command, e.g. runs/few_shot) or a folder of runs.")
+    manifests = sorted(directory.glob(f"{runs.MANIFEST_PREFIX}*.json"))
     if manifests:
         return [_from_manifest(m) for m in manifests]
     sweep = _from_results(directory)
@@ -150,12 +172,7 @@ def harmonic(base: float, new: float) -> float:
     return 2 * base * new / (base + new) if base + new else 0.0
 
 
-def canonical(name: str) -> str:
-    """A benchmark's canonical name for any of its aliases (``dtd`` → ``DescribableTextures``)."""
-    from ..data.benchmarks import find_benchmark
-
-    bench = find_benchmark(name)
-    return bench.name if bench is not None else name
+canonical = runs.canonical_dataset
 
 
 def _group(items: Iterable[R], key: Callable[[R], K]) -> Dict[K, List[R]]:
@@ -406,9 +423,9 @@ class Report:
 def write_report(directory: Path, out: Optional[Path] = None, plots: bool = True) -> Report:
     """Write ``report.md``, ``<protocol>.csv`` and plots into ``out`` (default ``DIR/report``)."""
     directory = Path(directory)
+    sweeps = collect(directory)
     out = Path(out) if out is not None else directory / "report"
     out.mkdir(parents=True, exist_ok=True)
-    sweeps = collect(directory)
     lines = [f"# Results in {directory}", ""]
     if not sweeps:
         lines.append("No finished runs and no sweep manifest (protocol-*.json) here.")

@@ -1,7 +1,10 @@
 """The resumable sweep: run a protocol's runs one after another (or N at a time, one per GPU) and their evaluations.
 
-A run whose ``result.json`` and evaluation files exist is skipped; an interrupted one resumes from its checkpoint (the
-engine does that), so rerunning the same command after a kill, a crash or a pre-empted job finishes the sweep.
+A run whose ``result.json`` (made with the protocol's settings) and evaluation files exist is skipped; an interrupted
+one resumes from its checkpoint (the engine does that), so rerunning the same command after a kill, a crash or a
+pre-empted job finishes the sweep. A folder holding a run made with other settings is never counted as done: it is
+reported and left alone unless ``replace``. A run another process is writing (its lock is held, on this machine or
+another sharing the file system) is skipped as busy, so several workers may share one sweep.
 ``--shard i/n`` takes every n-th run starting at i (0-based), so n jobs (a SLURM array) share a sweep without
 overlapping, provided they use the same protocol and overrides.
 
@@ -10,7 +13,6 @@ With ``gpus > 0`` each run is a subprocess (``python -m promptclip.bench.sweep R
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -22,16 +24,15 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from tqdm.auto import tqdm
 
+from .. import runs
 from ..config import Config, from_dict, to_dict
-from ..engine.run import RESULT, evaluate_run, read_result, run
-from ..engine.trainer import CHECKPOINT
+from ..engine.run import evaluate_run, run
 from ..errors import ConfigError
 from ..utils import atomic_write_json
-from .protocols import EvalSpec, RunSpec
+from .protocols import EvalSpec, RunSpec, eval_spec
 
 log = logging.getLogger("promptclip")
-SPEC_FILE = "sweep-run.json"
-LOG_FILE = "sweep.log"
+BUSY_EXIT = 75  # a worker's exit code when another process is writing its run (EX_TEMPFAIL)
 
 
 def parse_shard(text: str) -> Tuple[int, int]:
@@ -51,30 +52,29 @@ def shard(runs: Sequence[RunSpec], index: int, count: int) -> List[RunSpec]:
 
 
 def status(spec: RunSpec) -> str:
-    """done (result and evaluations exist), evaluate (result only), resume (checkpoint), or todo."""
-    if (spec.run_dir / RESULT).is_file():
-        return "done" if all(e.file.is_file() for e in spec.evaluations) else "evaluate"
-    return "resume" if (spec.run_dir / CHECKPOINT).is_file() else "todo"
+    """done (result and evaluations exist), evaluate (result only), resume (interrupted), todo, busy (another
+    process is writing it), failed (a non-finite loss), other (a run with other settings), corrupt."""
+    if runs.is_locked(spec.run_dir):
+        return "busy"
+    state = runs.run_state(spec.run_dir, spec.identity).status
+    if state == "done":
+        return "done" if all(_evaluation_done(e) for e in spec.evaluations) else "evaluate"
+    return {"new": "todo"}.get(state, state)
+
+
+def _evaluation_done(spec: EvalSpec) -> bool:
+    try:
+        return runs.read_json(spec.file, "an evaluation result", ("test",)) is not None
+    except runs.CorruptFile:
+        return False
 
 
 def config_changes(spec: RunSpec) -> List[str]:
-    """Keys whose value in the run folder's saved config differs from what the protocol asks for now."""
-    saved_path = spec.run_dir / "config.yaml"
-    if not saved_path.is_file():
+    """``key: stored → requested`` for a folder holding a run made with other settings (or why it is unknown)."""
+    state = runs.run_state(spec.run_dir, spec.identity)
+    if state.status != "other":
         return []
-    import yaml
-
-    def flat(data: dict, prefix: str = "") -> Dict[str, object]:
-        out: Dict[str, object] = {}
-        for key, value in data.items():
-            if isinstance(value, dict) and key not in ("options",):
-                out.update(flat(value, f"{prefix}{key}."))
-            else:
-                out[f"{prefix}{key}"] = value
-        return out
-
-    saved, wanted = flat(yaml.safe_load(saved_path.read_text()) or {}), flat(to_dict(spec.config))
-    return sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+    return state.differences or [state.problem]
 
 
 def summary_line(spec: RunSpec, result: dict, evaluations: Sequence[Tuple[EvalSpec, dict]], seconds: float) -> str:
@@ -92,10 +92,10 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def run_one(spec: RunSpec, progress: bool = True, on_epoch_end: Optional[Callable[[int], None]] = None
-            ) -> Tuple[dict, List[Tuple[EvalSpec, dict]]]:
+def run_one(spec: RunSpec, progress: bool = True, on_epoch_end: Optional[Callable[[int], None]] = None,
+            replace: bool = False) -> Tuple[dict, List[Tuple[EvalSpec, dict]]]:
     """Train and evaluate one run (or read it back), then its evaluations (each read back if done)."""
-    result = run(spec.config, progress=progress, on_epoch_end=on_epoch_end)
+    result = run(spec.config, progress=progress, on_epoch_end=on_epoch_end, replace=replace)
     evaluations = [(e, evaluate_run(spec.run_dir, e.overrides, progress=progress, label=e.dataset))
                    for e in spec.evaluations]
     return result, evaluations
@@ -104,7 +104,9 @@ def run_one(spec: RunSpec, progress: bool = True, on_epoch_end: Optional[Callabl
 @dataclass
 class SweepOutcome:
     finished: List[str] = field(default_factory=list)
-    skipped: List[str] = field(default_factory=list)
+    skipped: List[str] = field(default_factory=list)  # done before this call
+    busy: List[str] = field(default_factory=list)  # another process is writing them
+    other: Dict[str, List[str]] = field(default_factory=dict)  # run id → differing settings (left alone)
     failed: Dict[str, str] = field(default_factory=dict)  # run id → error
 
 
@@ -134,38 +136,50 @@ class _Bar:
         self.bar.close()
 
 
-def run_sweep(runs: Sequence[RunSpec], gpus: int = 0, keep_going: bool = False, progress: bool = True,
-              on_epoch_end: Optional[Callable[[int], None]] = None) -> SweepOutcome:
-    """Run every run of ``runs`` not finished yet; sequentially in this process, or ``gpus`` at a time."""
+def run_sweep(specs: Sequence[RunSpec], gpus: int = 0, keep_going: bool = False, progress: bool = True,
+              on_epoch_end: Optional[Callable[[int], None]] = None, replace: bool = False) -> SweepOutcome:
+    """Run every run of ``specs`` not finished yet; sequentially in this process, or ``gpus`` at a time.
+
+    Folders holding runs with other settings are listed in the outcome and left alone unless ``replace``."""
     outcome = SweepOutcome()
-    states = {spec.id: status(spec) for spec in runs}
-    todo = [spec for spec in runs if states[spec.id] != "done"]
-    outcome.skipped = [spec.id for spec in runs if states[spec.id] == "done"]
-    for spec in todo:
-        changed = config_changes(spec)
-        if changed:
-            log.warning("%s holds a run made with other settings (%s); delete that folder to redo it with the "
-                        "protocol's.", spec.run_dir, ", ".join(changed[:6]))
-    bar = _Bar(len(runs), len(outcome.skipped), progress)
-    bar.write(f"{len(runs)} runs: {len(outcome.skipped)} finished, {len(todo)} to run"
-              f"{f', {gpus} at a time' if gpus else ''}.")
+    states = {spec.id: status(spec) for spec in specs}
+    outcome.skipped = [spec.id for spec in specs if states[spec.id] == "done"]
+    outcome.busy = [spec.id for spec in specs if states[spec.id] == "busy"]
+    if not replace:
+        outcome.other = {spec.id: config_changes(spec) for spec in specs if states[spec.id] == "other"}
+    todo = [spec for spec in specs if states[spec.id] not in ("done", "busy") and spec.id not in outcome.other]
+    bar = _Bar(len(specs), len(outcome.skipped), progress)
+    for run_id, changes in outcome.other.items():
+        bar.write(f"NOT RUN {run_id}: its folder holds a run made with other settings ({'; '.join(changes[:4])}"
+                  f"{'; ...' if len(changes) > 4 else ''}).")
+    for run_id in outcome.busy:
+        bar.write(f"BUSY {run_id}: {runs.describe_owner(next(s.run_dir for s in specs if s.id == run_id))}.")
+    bar.write(f"{len(specs)} runs: {len(outcome.skipped)} finished, {len(todo)} to run"
+              f"{f', {gpus} at a time' if gpus else ''}"
+              f"{f', {len(outcome.busy)} busy elsewhere' if outcome.busy else ''}"
+              f"{f', {len(outcome.other)} with other settings' if outcome.other else ''}.")
     try:
         if gpus:
-            _run_parallel(todo, gpus, keep_going, bar, outcome)
+            _run_parallel(todo, gpus, keep_going, bar, outcome, replace)
         else:
-            _run_sequential(todo, keep_going, progress, on_epoch_end, bar, outcome)
+            _run_sequential(todo, keep_going, progress, on_epoch_end, bar, outcome, replace)
     finally:
         bar.close()
     return outcome
 
 
 def _run_sequential(todo: Sequence[RunSpec], keep_going: bool, progress: bool,
-                    on_epoch_end: Optional[Callable[[int], None]], bar: _Bar, outcome: SweepOutcome) -> None:
+                    on_epoch_end: Optional[Callable[[int], None]], bar: _Bar, outcome: SweepOutcome,
+                    replace: bool) -> None:
     for spec in todo:
         bar.show(running=1)
         started = time.time()
         try:
-            result, evaluations = run_one(spec, progress, on_epoch_end)
+            result, evaluations = run_one(spec, progress, on_epoch_end, replace)
+        except runs.RunBusy as err:  # another worker took it since the plan was made
+            outcome.busy.append(spec.id)
+            bar.write(f"BUSY {spec.id}: {err}")
+            continue
         except Exception as err:  # noqa: BLE001  (a failed run is reported; --keep-going runs the others)
             outcome.failed[spec.id] = f"{type(err).__name__}: {err}"
             bar.write(f"FAILED {spec.id}: {type(err).__name__}: {err}")
@@ -185,27 +199,37 @@ def visible_gpus(count: int) -> List[str]:
     return ids[:count]
 
 
-def write_spec(spec: RunSpec) -> Path:
+def write_spec(spec: RunSpec, replace: bool = False) -> Path:
     """The file a worker process reads: the resolved config and the evaluations."""
-    path = spec.run_dir / SPEC_FILE
+    path = spec.run_dir / runs.SWEEP_SPEC
     atomic_write_json(path, {"id": spec.id, "method": spec.method, "dataset": spec.dataset,
                              "subsample": spec.subsample, "shots": spec.shots, "seed": spec.seed,
-                             "config": to_dict(spec.config),
+                             "config": to_dict(spec.config), "replace": replace,
                              "evaluations": [{"dataset": e.dataset, "subsample": e.subsample,
-                                              "overrides": e.overrides, "file": str(e.file)}
-                                             for e in spec.evaluations]})
+                                              "overrides": e.overrides} for e in spec.evaluations]})
     return path
 
 
-def read_spec(path: Path) -> RunSpec:
-    data = json.loads(Path(path).read_text())
+def read_spec(path: Path) -> Tuple[RunSpec, bool]:
+    """A worker's run (and whether to replace a run with other settings); it must live in the spec's folder."""
+    path = Path(path)
+    data = runs.read_json(path, "a sweep worker's run", ("id", "config", "evaluations"))
+    if data is None:
+        raise runs.CorruptFile(f"{path} does not exist.")
     cfg: Config = from_dict(Config, data["config"])
-    evaluations = [EvalSpec(e["dataset"], e["subsample"], e["overrides"], Path(e["file"])) for e in data["evaluations"]]
+    run_dir = path.parent
+    if not cfg.output.dir or Path(cfg.output.dir).resolve() != run_dir.resolve():
+        raise runs.CorruptFile(f"{path} names the run folder {cfg.output.dir!r}, not its own folder {run_dir}; "
+                               f"refusing to write elsewhere. Rerun the bench command to rewrite it.")
+    identity = runs.Identity.of(cfg)
+    evaluations = [eval_spec(cfg, identity, runs.safe_component(e["dataset"], "evaluation dataset"),
+                             e["subsample"], list(e["overrides"])) for e in data["evaluations"]]
     return RunSpec(data["id"], data["method"], data["dataset"], data["subsample"], data["shots"], data["seed"], cfg,
-                   Path(cfg.output.dir), evaluations)
+                   run_dir, identity, evaluations), bool(data.get("replace", False))
 
 
-def _run_parallel(todo: Sequence[RunSpec], gpus: int, keep_going: bool, bar: _Bar, outcome: SweepOutcome) -> None:
+def _run_parallel(todo: Sequence[RunSpec], gpus: int, keep_going: bool, bar: _Bar, outcome: SweepOutcome,
+                  replace: bool) -> None:
     free = visible_gpus(gpus)
     pending = list(todo)
     running: Dict[subprocess.Popen, Tuple[RunSpec, str, float]] = {}
@@ -213,9 +237,9 @@ def _run_parallel(todo: Sequence[RunSpec], gpus: int, keep_going: bool, bar: _Ba
         while pending or running:
             while pending and free and not (outcome.failed and not keep_going):
                 spec, gpu = pending.pop(0), free.pop(0)
-                spec_file = write_spec(spec)
+                spec_file = write_spec(spec, replace)
                 env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
-                with (spec.run_dir / LOG_FILE).open("a") as log_file:
+                with (spec.run_dir / runs.SWEEP_LOG).open("a") as log_file:
                     process = subprocess.Popen([sys.executable, "-m", "promptclip.bench.sweep", str(spec_file)],
                                                env=env, stdout=log_file, stderr=subprocess.STDOUT)
                 running[process] = (spec, gpu, time.time())
@@ -228,12 +252,16 @@ def _run_parallel(todo: Sequence[RunSpec], gpus: int, keep_going: bool, bar: _Ba
                 free.append(gpu)
                 if process.returncode == 0 and status(spec) == "done":
                     outcome.finished.append(spec.id)
-                    evaluations = [(e, json.loads(e.file.read_text())) for e in spec.evaluations]
-                    bar.finish_one(summary_line(spec, read_result(spec.run_dir), evaluations, time.time() - started),
-                                   len(running))
+                    evaluations = [(e, runs.read_json(e.file, "an evaluation result")) for e in spec.evaluations]
+                    bar.finish_one(summary_line(spec, runs.read_result(spec.run_dir), evaluations,
+                                                time.time() - started), len(running))
+                elif process.returncode == BUSY_EXIT:
+                    outcome.busy.append(spec.id)
+                    bar.write(f"BUSY {spec.id}: {runs.describe_owner(spec.run_dir)}.")
                 else:
-                    outcome.failed[spec.id] = f"exit code {process.returncode}; see {spec.run_dir / LOG_FILE}"
-                    bar.write(f"FAILED {spec.id}: exit code {process.returncode} (log: {spec.run_dir / LOG_FILE})")
+                    log_path = spec.run_dir / runs.SWEEP_LOG
+                    outcome.failed[spec.id] = f"exit code {process.returncode}; see {log_path}"
+                    bar.write(f"FAILED {spec.id}: exit code {process.returncode} (log: {log_path})")
     finally:
         for process in running:  # interrupted: stop the runs this sweep started; they resume next time
             process.terminate()
@@ -242,15 +270,19 @@ def _run_parallel(todo: Sequence[RunSpec], gpus: int, keep_going: bool, bar: _Ba
 
 
 def worker_main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run one written run spec (the ``gpus > 0`` worker)."""
+    """Run one written run spec (the ``gpus > 0`` worker); exit code BUSY_EXIT when another process holds it."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 1:
-        print(f"usage: python -m promptclip.bench.sweep RUN_DIR/{SPEC_FILE}", file=sys.stderr)
+        print(f"usage: python -m promptclip.bench.sweep RUN_DIR/{runs.SWEEP_SPEC}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    spec = read_spec(Path(argv[0]))
+    spec, replace = read_spec(Path(argv[0]))
     started = time.time()
-    result, evaluations = run_one(spec, progress=False)
+    try:
+        result, evaluations = run_one(spec, progress=False, replace=replace)
+    except runs.RunBusy as err:
+        log.warning("%s", err)
+        return BUSY_EXIT
     log.info("%s", summary_line(spec, result, evaluations, time.time() - started))
     return 0
 

@@ -78,6 +78,7 @@ def prompt_classname(name: str) -> str:
 
 
 def items_per_class(items: List[Item]) -> Dict[int, List[Item]]:
+    """Items grouped by label, classes in order of first appearance (as Dassl's ``split_dataset_by_label``)."""
     groups: Dict[int, List[Item]] = {}
     for item in items:
         groups.setdefault(item.label, []).append(item)
@@ -85,14 +86,18 @@ def items_per_class(items: List[Item]) -> Dict[int, List[Item]]:
 
 
 def split_per_class(items: List[Item], p_train: float = 0.5, p_val: float = 0.2, seed: int = 1):
-    """Split items per class into train/val/test by fractions (the reference's rule for datasets without a split)."""
+    """Split items per class into train/val/test by fractions (the reference's rule for datasets without a split).
+
+    Classes are shuffled in order of first appearance in ``items``, as CoOp's generators do, so the same seed
+    gives the reference's split.
+    """
     import random
 
     rng = random.Random(seed)
     train: List[Item] = []
     val: List[Item] = []
     test: List[Item] = []
-    for _, group in sorted(items_per_class(items).items()):
+    for group in items_per_class(items).values():
         group = list(group)
         rng.shuffle(group)
         n_train = round(len(group) * p_train)
@@ -101,6 +106,13 @@ def split_per_class(items: List[Item], p_train: float = 0.5, p_val: float = 0.2,
         val += group[n_train:n_train + n_val]
         test += group[n_train + n_val:]
     return train, val, test
+
+
+def not_a_folder(path: Path) -> Optional[str]:
+    """Why ``path`` cannot be read as a folder, as the end of a sentence about it, or None when it is one."""
+    if Path(path).is_dir():
+        return None
+    return "is a file, but a folder is expected" if Path(path).exists() else "does not exist"
 
 
 def list_images(folder: Path) -> List[Path]:

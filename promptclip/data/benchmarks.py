@@ -7,6 +7,7 @@ split-file datasets, FGVCAircraft's official lists, and the ImageNet family (cla
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 import os
 import re
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import DataError
-from .base import DATASETS, Dataset, Item, split_per_class
+from .base import DATASETS, Dataset, Item, not_a_folder, split_per_class
 from .folder import read_class_folders
 from .splits import (SPLITS, Splits, check_labels, load_or_generate, parse_split, require_files, split_trainval,
                      to_split_dict)
@@ -85,6 +86,7 @@ class Benchmark:
     fix: Callable[[str], str] = str      # class-name fix, applied to names from split files too
     layout: Tuple[str, ...] = ()         # folders that must exist (default: `images`)
     aliases: Tuple[str, ...] = ()
+    wnids: Optional[str] = None          # timm's list of the set's WordNet ids, for a subset of ImageNet (-A, -R)
 
     @property
     def required_dirs(self) -> Tuple[str, ...]:
@@ -94,10 +96,14 @@ class Benchmark:
 def dataset_folder(bench: Benchmark, root: Path) -> Path:
     """``root/<bench.folder>``, or a DataError naming the path expected and any near miss found instead."""
     root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"Data root {root} does not exist: set data.root to the folder that holds the dataset "
+    problem = not_a_folder(root)
+    if problem:
+        raise DataError(f"Data root {root} {problem}: set data.root to the folder that holds the dataset "
                         f"folders ({bench.name} is read from <data root>/{bench.folder}/; see {GUIDE}).")
     folder = root / bench.folder
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{bench.name}: {folder} is a file, but a folder is expected: the dataset folder. Arrange "
+                        f"it as described in {GUIDE} (section {bench.name}).")
     if not folder.is_dir():
         known = {b.folder for b in BENCHMARKS.values()}
         present = [p.name for p in root.iterdir() if p.is_dir() and p.name not in known]
@@ -117,9 +123,26 @@ def expect_dir(path: Path, bench: Benchmark) -> None:
     """Raise when ``path`` is not a folder, pointing at a copy one level too deep (a common unpacking slip)."""
     if path.is_dir():
         return
+    if path.exists():
+        raise DataError(f"{bench.name}: {path} is a file, but a folder is expected. See {GUIDE} (section "
+                        f"{bench.name}).")
     deeper = [p for p in path.parent.glob(f"*/{path.name}") if p.is_dir()]
     hint = f" Found {deeper[0]}: move its contents up one level." if deeper else ""
     raise DataError(f"{bench.name}: expected the folder {path}.{hint} See {GUIDE} (section {bench.name}).")
+
+
+def restore(bench: Benchmark) -> str:
+    """The way out when a benchmark lacks a class: never drop the class, restore it."""
+    return (f"{bench.name} needs every one of its classes: restore what is missing by re-extracting the dataset "
+            f"archive, or check the download (see {GUIDE}, section {bench.name}).")
+
+
+def class_count_note(bench: Benchmark, n: int, source: str) -> List[str]:
+    """A note when ``source`` gives another number of classes than the benchmark has."""
+    if n == bench.classes:
+        return []
+    return [f"{source} gives {n} classes where {bench.name} has {bench.classes}: check that no class is missing "
+            f"(published numbers use all {bench.classes})."]
 
 
 def missing_files_for(bench: Benchmark, folder: Path) -> List[str]:
@@ -169,9 +192,11 @@ def read_split_dataset(bench: Benchmark, folder: Path, root: Path, split_dir: Op
 
     data, source, notes = load_or_generate(folder / bench.split_file, split_dir, generate, write_split_to_root)
     classnames, splits = parse_split(data, image_dir, source, bench.fix)
-    check_labels(classnames, splits, source)
+    check_labels(classnames, splits, source, restore(bench))
     if check_files:
-        require_files(splits, source, image_dir)
+        require_files(splits, source, image_dir, classnames)
+    if notes:  # a generated split: its classes come from the folders or annotations on disk
+        notes += class_count_note(bench, len(classnames), source)
     return make_dataset(bench, folder, classnames, splits, notes)
 
 
@@ -179,7 +204,7 @@ def from_class_folders(ignore: Sequence[str] = ()) -> Callable[[Benchmark, Path,
     """The DTD rule: classes are the sorted folders of the image folder, each split 50/20/30."""
     def generate(bench: Benchmark, folder: Path, seed: int) -> dict:
         image_dir = folder / bench.images
-        names, items = read_class_folders(image_dir, ignore=ignore)
+        names, items = read_class_folders(image_dir, ignore=ignore, way_out=restore(bench))
         train, val, test = split_per_class(items, 0.5, 0.2, seed)
         return to_split_dict({"train": train, "val": val, "test": test}, [bench.fix(n) for n in names], image_dir)
 
@@ -287,19 +312,30 @@ def read_aircraft(bench: Benchmark, folder: Path, root: Path, split_dir: Optiona
         splits[split] = [Item(str(image_dir / f"{image}.jpg"), lookup(index, variant, file))
                          for image, _, variant in (line.partition(" ") for line in read_lines(file))]
     source = f"{folder}/images_variant_*.txt"
-    check_labels(classnames, splits, source)
+    check_labels(classnames, splits, source, restore(bench))
     if check_files:
-        require_files(splits, source, image_dir)
+        require_files(splits, source, image_dir, classnames)
     return make_dataset(bench, folder, classnames, splits)
 
 
 # ---------------------------------------------------------------- the ImageNet family
 
+def timm_wnids(file: str) -> List[str]:
+    """The WordNet ids in one of timm's class lists (timm comes with open_clip), read without importing timm."""
+    spec = importlib.util.find_spec("timm")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    path = Path(locations[0]) / "data" / "_info" / file if locations else None
+    if path is None or not path.is_file():
+        raise DataError(f"Cannot find timm's list of ImageNet class ids {file} (timm is installed with open_clip): "
+                        f"reinstall open_clip_torch.")
+    return read_lines(path)
+
+
 def imagenet_names(candidates: Sequence[Path]) -> Tuple[Dict[str, str], str]:
-    """WordNet id → CLIP class name, in the standard (sorted-wnid) class order, and where the names came from.
+    """WordNet id → CLIP class name, in the order of the class list, and where the names came from.
 
     The first ``classnames.txt`` ("<wnid> <name>" per line, CoOp's file) among ``candidates`` wins; otherwise
-    timm's list of the 1000 wnids (installed with open_clip) is paired with ``open_clip.IMAGENET_CLASSNAMES``.
+    timm's list of the 1000 wnids is paired with ``open_clip.IMAGENET_CLASSNAMES``.
     """
     for path in candidates:
         if path.is_file():
@@ -311,12 +347,11 @@ def imagenet_names(candidates: Sequence[Path]) -> Tuple[Dict[str, str], str]:
                 names[wnid] = name.strip()
             return names, str(path)
     try:
-        from timm.data import ImageNetInfo
         import open_clip
     except ImportError as e:
         raise DataError(f"Cannot map ImageNet class ids to names ({e}): put CoOp's classnames.txt at "
                         f"{candidates[0]} (see {GUIDE}, section ImageNet).") from e
-    return dict(zip(ImageNetInfo("imagenet-1k").label_names(), open_clip.IMAGENET_CLASSNAMES)), \
+    return dict(zip(timm_wnids("imagenet_synsets.txt"), open_clip.IMAGENET_CLASSNAMES)), \
         "open_clip.IMAGENET_CLASSNAMES"
 
 
@@ -325,52 +360,63 @@ def names_candidates(folder: Path, root: Path) -> List[Path]:
     return [folder / "classnames.txt", Path(root).expanduser() / "imagenet" / "classnames.txt"]
 
 
-def read_wnid_folders(image_dir: Path, names: Dict[str, str], source: str,
-                      wnids: Optional[List[str]] = None) -> Tuple[List[str], List[str], List[Item]]:
-    """(wnids, class names, items) of ``image_dir/<wnid>/``, labelled in sorted folder order."""
-    wnids, items = read_class_folders(image_dir, wnids)
-    unknown = [w for w in wnids if w not in names]
+def benchmark_wnids(bench: Benchmark, names: Dict[str, str], source: str) -> List[str]:
+    """The classes of ``bench`` in label order (sorted wnids): every class of the class list, or for ImageNet-A/R
+    those of their 200 that the list names."""
+    wnids = sorted(names)
+    if bench.wnids:
+        wnids = [w for w in timm_wnids(bench.wnids) if w in names]
+        if not wnids:
+            raise DataError(f"{source} names none of the {bench.classes} classes of {bench.name}: use CoOp's "
+                            f"classnames.txt, which lists all 1000 ImageNet classes (see {GUIDE}).")
+    return wnids
+
+
+def read_wnid_folders(bench: Benchmark, image_dir: Path, names: Dict[str, str], source: str,
+                      wnids: List[str]) -> Tuple[List[str], List[Item]]:
+    """(class names, items) of ``image_dir/<wnid>/`` for the classes ``wnids`` (labels in that order): each must
+    have a folder with images, and every folder must be an ImageNet class of ``bench``."""
+    with os.scandir(image_dir) as entries:
+        folders = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
+    unknown = sorted(f for f in folders if f not in names)
     if unknown:
         raise DataError(f"{image_dir}: the folders {unknown[:5]} ({len(unknown)} in all) are not ImageNet class "
                         f"ids known to {source}. Class folders must be named by WordNet id (n01440764 …).")
-    return wnids, [names[w] for w in wnids], items
+    _, items = read_class_folders(image_dir, wnids, way_out=restore(bench),
+                                  describe=lambda w: f"{names[w]!r} ({w})")
+    return [names[w] for w in wnids], items
 
 
 def read_imagenet(bench: Benchmark, folder: Path, root: Path, split_dir: Optional[Path] = None, **_) -> Dataset:
     """``images/train/<wnid>/`` for training; ``images/val/<wnid>/`` serves as both val and test."""
     names, source = imagenet_names([folder / "classnames.txt"])
+    wnids = benchmark_wnids(bench, names, source)
     image_dir = folder / bench.images
-    wnids, classnames, train = read_wnid_folders(image_dir / "train", names, source)
-    _, _, test = read_wnid_folders(image_dir / "val", names, source, wnids)
-    return make_dataset(bench, folder, classnames, {"train": train, "val": test, "test": test}, val_is_test=True)
+    classnames, train = read_wnid_folders(bench, image_dir / "train", names, source, wnids)
+    _, test = read_wnid_folders(bench, image_dir / "val", names, source, wnids)
+    return make_dataset(bench, folder, classnames, {"train": train, "val": test, "test": test},
+                        class_count_note(bench, len(wnids), source), val_is_test=True)
 
 
 def read_shift_set(bench: Benchmark, folder: Path, root: Path, split_dir: Optional[Path] = None, **_) -> Dataset:
-    """A test-only set of ``<wnid>/`` folders (ImageNet-Sketch, -A, -R): labels 0.. in sorted folder order, with
+    """A test-only set of ``<wnid>/`` folders (ImageNet-Sketch, -A, -R): labels 0.. in sorted wnid order, with
     the ImageNet names of those wnids (so ImageNet-A/R get a 200-way classifier)."""
     names, source = imagenet_names(names_candidates(folder, root))
-    _, classnames, test = read_wnid_folders(folder / bench.images, names, source)
-    return make_dataset(bench, folder, classnames, {"train": [], "val": [], "test": test})
+    wnids = benchmark_wnids(bench, names, source)
+    classnames, test = read_wnid_folders(bench, folder / bench.images, names, source, wnids)
+    return make_dataset(bench, folder, classnames, {"train": [], "val": [], "test": test},
+                        class_count_note(bench, len(wnids), source))
 
 
 def read_imagenetv2(bench: Benchmark, folder: Path, root: Path, split_dir: Optional[Path] = None, **_) -> Dataset:
-    """Folder ``i`` holds class ``i`` of the 1000 ImageNet classes (standard order)."""
+    """Folder ``i`` holds class ``i`` of the ImageNet class list (standard order); every class needs its folder."""
     names, source = imagenet_names(names_candidates(folder, root))
-    classnames = list(names.values())
+    wnids = list(names)
     image_dir = folder / bench.images
-    with os.scandir(image_dir) as entries:
-        numbered = sorted((e.name for e in entries if e.is_dir() and e.name.isdigit()), key=int)
-    if not numbered:
-        raise DataError(f"{image_dir} has no class folders 0 … {len(classnames) - 1} (see {GUIDE}).")
-    numbered_names, items = read_class_folders(image_dir, numbered)
-    test = [Item(i.path, int(numbered_names[i.label])) for i in items]
-    splits = {"train": [], "val": [], "test": test}
-    check_labels(classnames, splits, f"{image_dir} (class names from {source})")
-    notes = []
-    if len(numbered) < len(classnames):
-        notes.append(f"{image_dir} has {len(numbered)} of the {len(classnames)} class folders; the test set "
-                     f"lacks the other classes.")
-    return make_dataset(bench, folder, classnames, splits, notes)
+    _, test = read_class_folders(image_dir, [str(i) for i in range(len(wnids))], way_out=restore(bench),
+                                 describe=lambda i: f"{names[wnids[int(i)]]!r} ({wnids[int(i)]})")
+    return make_dataset(bench, folder, list(names.values()), {"train": [], "val": [], "test": test},
+                        class_count_note(bench, len(wnids), source))
 
 
 # ---------------------------------------------------------------- registration
@@ -415,9 +461,9 @@ BENCHMARKS: Dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("ImageNetSketch", "imagenet-sketch", "images", PHOTO, 1000, (0, 0, 50889), read_shift_set,
               aliases=("imagenet-sketch",)),
     Benchmark("ImageNetA", "imagenet-adversarial", "imagenet-a", PHOTO, 200, (0, 0, 7500), read_shift_set,
-              aliases=("imagenet-a",)),
+              aliases=("imagenet-a",), wnids="imagenet_a_synsets.txt"),
     Benchmark("ImageNetR", "imagenet-rendition", "imagenet-r", PHOTO, 200, (0, 0, 30000), read_shift_set,
-              aliases=("imagenet-r",)),
+              aliases=("imagenet-r",), wnids="imagenet_r_synsets.txt"),
 ]}
 
 

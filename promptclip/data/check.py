@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
 from ..errors import DataError, UnknownNameError
-from .base import Dataset, Item, load_dataset
+from .base import Dataset, Item, load_dataset, not_a_folder
 from .benchmarks import BENCHMARKS, Benchmark, dataset_folder, expect_dir, find_benchmark, missing_files_for
 from .splits import SPLITS
 
@@ -122,8 +122,9 @@ def check_dataset(name: str, root, verify: bool = False) -> DatasetReport:
 def check_datasets(root, names: Optional[Sequence[str]] = None, verify: bool = False) -> List[DatasetReport]:
     """One report per dataset (default: the 15 benchmarks) under data root ``root``."""
     root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"Data root {root} does not exist: give the folder that holds the dataset folders "
+    problem = not_a_folder(root)
+    if problem:
+        raise DataError(f"Data root {root} {problem}: give the folder that holds the dataset folders "
                         f"(see {GUIDE}).")
     return [check_dataset(n, root, verify) for n in (names or list(BENCHMARKS))]
 

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import yaml
 
 from ..errors import DataError
-from .base import DATASETS, Dataset, Item
+from .base import DATASETS, Dataset, Item, not_a_folder
 from .splits import Splits, check_labels, require_files
 
 GUIDE = "datasets/DATASETS.md"
@@ -24,6 +24,10 @@ Row = Tuple[str, Label]
 def _resolve(base: Path, path: Union[str, Path]) -> Path:
     path = Path(path).expanduser()
     return path if path.is_absolute() else base / path
+
+
+def _not_a_file(path: Path) -> str:
+    return "is a folder, but a file is expected" if path.is_dir() else "does not exist"
 
 
 def _label(value) -> Label:
@@ -38,7 +42,7 @@ def read_list_file(path: Path) -> List[Row]:
     """(path, label) rows of a CSV/TSV file (optional ``path,label`` header, ``#`` comments) or of a JSON list
     of ``[path, label]`` pairs or ``{"path": …, "label": …}`` objects. Labels are class indices or names."""
     if not path.is_file():
-        raise DataError(f"List file {path} does not exist.")
+        raise DataError(f"List file {path} {_not_a_file(path)}.")
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(path.read_text())
@@ -76,7 +80,7 @@ def read_classnames(spec: Union[str, Path, Sequence[str]], base: Path) -> List[s
         return [str(n) for n in spec]
     path = _resolve(base, spec)
     if not path.is_file():
-        raise DataError(f"Class-name file {path} does not exist.")
+        raise DataError(f"Class-name file {path} {_not_a_file(path)}.")
     if path.suffix.lower() == ".json":
         names = json.loads(path.read_text())
         if not isinstance(names, list):
@@ -113,8 +117,9 @@ def list_file_dataset(root: Path, split_dir: Optional[Path] = None, train: Optio
     """Splits from list files (``train``, ``val``, ``test``); list files, class-name file and image paths are
     relative to ``root``, the dataset folder. Without a test list the val list is used for testing."""
     root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"Dataset folder {root} does not exist (list-file paths are relative to it; see {GUIDE}).")
+    problem = not_a_folder(root)
+    if problem:
+        raise DataError(f"Dataset folder {root} {problem} (list-file paths are relative to it; see {GUIDE}).")
     if not train and not test:
         raise DataError(f"A list-file dataset needs a train or a test list: give train=FILE and/or test=FILE "
                         f"(CSV or JSON of path,label rows; see {GUIDE}).")
@@ -129,7 +134,7 @@ def list_file_dataset(root: Path, split_dir: Optional[Path] = None, train: Optio
         notes.append(f"{root} has no test list: evaluating on the val list.")
     check_labels(names, splits, source)
     if check_files:
-        require_files(splits, source, root)
+        require_files(splits, source, root, names)
     return Dataset(name=name or root.name, classnames=names, train=splits["train"], val=splits["val"],
                    test=splits["test"], root=root, template=template, notes=notes)
 
@@ -143,7 +148,7 @@ def load_yaml_dataset(path: Path, root, **options) -> Dataset:
     ``classnames`` …). Options passed here override the file's.
     """
     if not path.is_file():
-        raise DataError(f"Dataset description {path} does not exist.")
+        raise DataError(f"Dataset description {path} {_not_a_file(path)}.")
     try:
         spec = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import random
+import re
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -15,6 +16,10 @@ from ..utils import atomic_write_text
 from .base import Dataset, Item, items_per_class
 
 log = logging.getLogger("promptclip")
+
+#: Version of the sampling rule, stored in each draw file. 1: classes in sorted label order; 2: classes in order of
+#: first appearance, as Dassl's ``generate_fewshot_dataset`` (the reference's draws for the same seed).
+DRAW_ALGORITHM = 2
 
 
 def _relative(path: str, root: Path) -> str:
@@ -32,10 +37,13 @@ def dataset_checksum(ds: Dataset) -> str:
 
 
 def sample_per_class(items: Sequence[Item], k: int, rng: random.Random, warn_name: str = "") -> List[Item]:
-    """Draw ``k`` items per class (all of them, with one warning naming the classes, where a class has fewer)."""
+    """Draw ``k`` items per class (all of them, with one warning naming the classes, where a class has fewer).
+
+    Classes are visited in order of first appearance, each with ``rng.sample(group, k)``, as the reference does.
+    """
     chosen: List[Item] = []
     short = {}
-    for label, group in sorted(items_per_class(list(items)).items()):
+    for label, group in items_per_class(list(items)).items():
         if len(group) < k:
             short[label] = len(group)
             chosen.extend(group)
@@ -49,8 +57,11 @@ def sample_per_class(items: Sequence[Item], k: int, rng: random.Random, warn_nam
     return chosen
 
 
-def draw_path(cache_dir: Path, name: str, shots: int, seed: int) -> Path:
-    return Path(cache_dir) / "fewshot" / name / f"shots_{shots}-seed_{seed}.json"
+def draw_path(cache_dir: Path, ds: Dataset, shots: int, seed: int) -> Path:
+    """Where a draw of ``ds`` is stored: by name and content, so two datasets that share a name (two folders called
+    ``images``) never share draws, and changed data gets a draw of its own."""
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", ds.name).strip("._") or "dataset"
+    return Path(cache_dir) / "fewshot" / f"{name}-{dataset_checksum(ds)}" / f"shots_{shots}-seed_{seed}.json"
 
 
 def few_shot(ds: Dataset, shots: int, seed: int, cache_dir: Optional[Path] = None) -> Dataset:
@@ -59,24 +70,31 @@ def few_shot(ds: Dataset, shots: int, seed: int, cache_dir: Optional[Path] = Non
     A dataset whose val split is its test split (``val_is_test``, ImageNet) keeps that split whole, as the reference
     does.
 
-    With ``cache_dir`` the draw is stored as JSON of paths relative to the dataset folder and reused; a draw made
-    from a different version of the dataset is refused rather than silently reused.
+    With ``cache_dir`` the draw is stored as JSON of paths relative to the dataset folder, keyed by the dataset's
+    content, and reused (also after the data root moved); one made by another version of the sampling rule is
+    drawn again (with a warning) and replaced.
     """
     if shots is None or shots <= 0:
         return ds
     checksum = dataset_checksum(ds)
-    path = draw_path(cache_dir, ds.name, shots, seed) if cache_dir else None
+    path = draw_path(cache_dir, ds, shots, seed) if cache_dir else None
+    draw = None
     if path is not None and path.exists():
         try:
             draw = json.loads(path.read_text())
         except ValueError as e:
             raise DataError(f"The few-shot draw {path} is not valid JSON ({e}): delete it to draw again.") from e
+        if draw.get("algorithm", 1) != DRAW_ALGORITHM:
+            log.warning("The few-shot draw %s was made by version %s of the sampling rule, not by version %d "
+                        "(classes in order of first appearance, as the reference): drawing again and replacing it. "
+                        "Runs that used the old draw are not comparable with new ones.",
+                        path, draw.get("algorithm", 1), DRAW_ALGORITHM)
+            draw = None
+    if draw is not None:
         if draw.get("dataset_checksum") != checksum:
-            raise DataError(
-                f"The few-shot draw {path} was made from a different version of dataset {ds.name!r} "
-                f"(checksum {draw.get('dataset_checksum')} vs {checksum} now): its images or labels changed. "
-                f"Delete that file to draw again from the current data."
-            )
+            raise DataError(f"The few-shot draw {path} does not belong to the data it is filed under (checksum "
+                            f"{draw.get('dataset_checksum')}, not {checksum}): it was edited or copied there. "
+                            f"Delete that file to draw again.")
         to_item = lambda rel_label: Item(str(ds.root / rel_label[0]), int(rel_label[1]))  # noqa: E731
         val = ds.val if ds.val_is_test else [to_item(x) for x in draw["val"]]
         return ds.replace(train=[to_item(x) for x in draw["train"]], val=val)
@@ -86,7 +104,8 @@ def few_shot(ds: Dataset, shots: int, seed: int, cache_dir: Optional[Path] = Non
     val = sample_per_class(ds.val, min(shots, 4), rng) if ds.val and not ds.val_is_test else ds.val
     if path is not None:
         draw = {
-            "dataset": ds.name, "shots": shots, "seed": seed, "dataset_checksum": checksum,
+            "dataset": ds.name, "shots": shots, "seed": seed, "algorithm": DRAW_ALGORITHM,
+            "dataset_checksum": checksum,
             "train": [[_relative(i.path, ds.root), i.label] for i in train],
             "val": [] if ds.val_is_test else [[_relative(i.path, ds.root), i.label] for i in val],
         }
@@ -108,8 +127,15 @@ def subsample_classes(ds: Dataset, which: str = "all") -> Dataset:
     if which not in ("base", "new"):
         raise DataError(f"data.subsample must be all, base or new, not {which!r}.")
     source = ds.train or ds.test
-    base, new = base_new_split([i.label for i in source] if source else range(ds.num_classes))
+    labels = [i.label for i in source] if source else range(ds.num_classes)
+    base, new = base_new_split(labels)
     keep = base if which == "base" else new
+    if not keep:
+        n = len(set(labels))
+        raise DataError(f"Dataset {ds.name!r}: the {which} half of its {n} class{'' if n == 1 else 'es'} is empty "
+                        f"(base is the first ceil(n/2) classes, new the rest, so data.subsample={which} needs at "
+                        f"least {1 if which == 'base' else 2}). Use data.subsample=all, or a dataset with more "
+                        f"classes.")
     relabel = {old: new_label for new_label, old in enumerate(keep)}
 
     def filt(items: List[Item]) -> List[Item]:

@@ -76,8 +76,14 @@ def split_trainval(items: List[Item], p_val: float = 0.2, seed: int = 1) -> Tupl
     return train, val
 
 
-def check_labels(classnames: List[str], splits: Splits, source: str) -> None:
-    """Every label indexes ``classnames`` and every class has training images (when there is a training split)."""
+ADD_OR_REMOVE = "Every class needs at least one image for few-shot training; add images or remove the class."
+
+
+def check_labels(classnames: List[str], splits: Splits, source: str, way_out: str = ADD_OR_REMOVE) -> None:
+    """Every label indexes ``classnames`` and every class has training images (when there is a training split).
+
+    ``way_out`` ends the message about classes without training images (a benchmark must not suggest removing one).
+    """
     n = len(classnames)
     for split in SPLITS:
         bad = [i for i in splits[split] if not 0 <= i.label < n]
@@ -89,8 +95,7 @@ def check_labels(classnames: List[str], splits: Splits, source: str) -> None:
         empty = [f"{classnames[k]!r} ({k})" for k in range(n) if k not in present]
         if empty:
             raise DataError(f"{source}: {len(empty)} classes have no training images: {', '.join(empty[:5])}. "
-                            f"Every class needs at least one image for few-shot training; add images or remove "
-                            f"the class.")
+                            f"{way_out}")
 
 
 def missing_files(paths: Iterable[str]) -> List[str]:
@@ -109,15 +114,42 @@ def missing_files(paths: Iterable[str]) -> List[str]:
     return missing
 
 
-def require_files(splits: Splits, source: str, base: Path) -> None:
-    """Raise when ``source`` names images that are not on disk (count and the first few, relative to ``base``)."""
-    paths = list(dict.fromkeys(i.path for s in SPLITS for i in splits[s]))
-    missing = missing_files(paths)
+def require_files(splits: Splits, source: str, base: Path, classnames: Optional[List[str]] = None) -> None:
+    """Raise when ``source`` names images that are not on disk (count and the first few, relative to ``base``),
+    naming the classes (from ``classnames``) of which no image exists, with their folder where they have one."""
+    labels = {i.path: i.label for s in SPLITS for i in splits[s]}
+    missing = missing_files(labels)
     if missing:
         examples = ", ".join(os.path.relpath(p, base) for p in missing[:3])
-        raise DataError(f"{source} names {len(missing)} of {len(paths)} images that do not exist under {base}, "
-                        f"e.g. {examples}. The download is incomplete, arranged differently from {GUIDE}, or "
-                        f"the split file belongs to another version of the dataset.")
+        gone = ""
+        lost = whole_classes_missing(labels, set(missing), base, classnames)
+        if lost:
+            gone = (f" No image of {len(lost)} class{'' if len(lost) == 1 else 'es'} exists: {'; '.join(lost[:5])}"
+                    f"{f' and {len(lost) - 5} more' if len(lost) > 5 else ''}; restore them by re-extracting the "
+                    f"dataset archive.")
+        raise DataError(f"{source} names {len(missing)} of {len(labels)} images that do not exist under {base}, "
+                        f"e.g. {examples}.{gone} The download is incomplete, arranged differently from {GUIDE}, "
+                        f"or the split file belongs to another version of the dataset.")
+
+
+def whole_classes_missing(labels: Dict[str, int], missing: set, base: Path,
+                          classnames: Optional[List[str]]) -> List[str]:
+    """Each class of which every image is missing, as its name with the folder where it has one of its own below
+    ``base`` ("'airplane' (folder …/airplanes)")."""
+    per_class: Dict[int, List[str]] = {}
+    classes_in: Dict[str, set] = {}
+    for path, label in labels.items():
+        per_class.setdefault(label, []).append(path)
+        classes_in.setdefault(os.path.dirname(path), set()).add(label)
+    lost = []
+    for label, paths in sorted(per_class.items()):
+        if all(p in missing for p in paths):
+            name = repr(classnames[label]) if classnames and 0 <= label < len(classnames) else f"label {label}"
+            parents = {os.path.dirname(p) for p in paths}
+            folder = parents.pop() if len(parents) == 1 else None
+            own = folder is not None and classes_in[folder] == {label} and Path(folder) != Path(base)
+            lost.append(name + (f" (folder {folder})" if own else ""))
+    return lost
 
 
 def load_or_generate(split_file: Path, split_dir: Optional[Path], generate: Callable[[], dict],

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
@@ -83,10 +83,17 @@ class FeatureCache:
         path = self.path(key)
         if not path.is_file():
             return None
-        with safe_open(str(path), framework="pt") as f:
-            if (f.metadata() or {}).get("key") != key:
-                return None
-            features, labels = f.get_tensor("features"), f.get_tensor("labels")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                if (f.metadata() or {}).get("key") != key:
+                    return None
+                features, labels = f.get_tensor("features"), f.get_tensor("labels")
+        except (SafetensorError, OSError) as err:
+            log.warning("Feature cache file %s is unreadable (%s); computing the features again.", path, err)
+            return None
+        if features.dim() != 2 or labels.dim() != 1 or len(features) != len(labels):
+            log.warning("Feature cache file %s holds tensors of the wrong shape; computing the features again.", path)
+            return None
         if len(labels) != len(items) or labels.tolist() != [i.label for i in items]:
             return None
         return features, labels

@@ -67,6 +67,12 @@ class Distributed:
         if dist.is_initialized():
             dist.destroy_process_group()
 
+    def share(self, obj: T) -> T:
+        """The main process's ``obj`` on every process (a decision only the main process may take)."""
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     # ---------------------------------------------------------------------------------------------- training
     def local_batch_size(self, batch_size: int) -> int:
         if batch_size % self.world_size:

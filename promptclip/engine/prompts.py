@@ -3,22 +3,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from ..backbone import FrozenCLIP
+from ..backbone import FrozenCLIP, state_mismatch
 from ..config import registered_config
 from ..errors import BackboneError, PromptclipError
-from ..learners.base import build_learner
+from ..learners.base import LEARNERS, build_learner
 from ..model import PromptedCLIP
+from ..runs import PROMPTS, PROMPTS_META
 from ..utils import atomic_write_bytes, atomic_write_json, versions
 
 FORMAT_VERSION = 1
-TENSORS, META = "prompts.safetensors", "prompts.json"
+REDO = "redo that run (its training command with --replace), or pass the right run folder"
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
 
 
 def prompt_tensors(model: PromptedCLIP) -> Dict[str, torch.Tensor]:
@@ -31,7 +36,7 @@ def save_prompts(model: PromptedCLIP, directory: Union[str, Path], method: str =
     """Write the prompts and their metadata atomically into ``directory``."""
     directory = Path(directory)
     tensors = prompt_tensors(model)
-    atomic_write_bytes(directory / TENSORS, save_safetensors(tensors))
+    atomic_write_bytes(directory / PROMPTS, save_safetensors(tensors))
     meta = {
         "format": FORMAT_VERSION,
         "method": method,
@@ -44,15 +49,106 @@ def save_prompts(model: PromptedCLIP, directory: Union[str, Path], method: str =
         "versions": versions(),
         **(extra or {}),
     }
-    atomic_write_json(directory / META, meta)
+    atomic_write_json(directory / PROMPTS_META, meta)
+
+
+def _meta_problem(meta) -> str:
+    """What is wrong with the content of a prompts.json, or ''."""
+    if not isinstance(meta, dict):
+        return f"it holds {_JSON_TYPES.get(type(meta), 'something')} instead of an object"
+    missing = [k for k in ("learners", "backbone", "classnames", "template") if k not in meta]
+    if missing:
+        return f"{', '.join(missing)} missing"
+    learners, backbone, classnames = meta["learners"], meta["backbone"], meta["classnames"]
+    if not (isinstance(learners, dict) and "text" in learners and set(learners) <= {"text", "vision"}
+            and all(isinstance(v, dict) for v in learners.values())):
+        return "learners must map text (and optionally vision) to their options"
+    if not (isinstance(backbone, dict) and isinstance(backbone.get("model"), str)
+            and isinstance(backbone.get("pretrained"), (str, type(None)))
+            and all(isinstance(backbone.get(k), int) for k in ("text_width", "embed_dim"))
+            and isinstance(backbone.get("vision_width"), (int, type(None)))):
+        return "backbone must hold model, pretrained, text_width, vision_width and embed_dim"
+    if not (isinstance(classnames, list) and classnames and all(isinstance(c, str) for c in classnames)):
+        return "classnames must be a non-empty list of names"
+    if not isinstance(meta["template"], str):
+        return "template must be a string"
+    shapes = meta.get("shapes", {})
+    if not (isinstance(shapes, dict) and all(isinstance(v, list) and all(isinstance(d, int) for d in v)
+                                             for v in shapes.values())):
+        return "shapes must map tensor names to lists of sizes"
+    return ""
 
 
 def read_meta(directory: Union[str, Path]) -> dict:
-    path = Path(directory) / META
+    """The checked content of ``directory/prompts.json``."""
+    directory = Path(directory)
+    path = directory / PROMPTS_META
+    if not directory.is_dir():
+        raise PromptclipError(f"Run folder {directory} does not exist (or is not a folder): give a run folder that "
+                              f"finished training.")
     if not path.is_file():
-        raise PromptclipError(f"No saved prompts in {directory}: {META} is missing. Give a run folder that finished "
-                              f"training (it holds {TENSORS} and {META}).")
-    return json.loads(path.read_text())
+        raise PromptclipError(f"No saved prompts in {directory}: {PROMPTS_META} is missing. Give a run folder that "
+                              f"finished training (it holds {PROMPTS} and {PROMPTS_META}).")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        what = "is empty" if path.stat().st_size == 0 else f"is not valid JSON ({err})"
+        raise PromptclipError(f"{path} {what}: {REDO}.") from None
+    problem = _meta_problem(meta)
+    if problem:
+        raise PromptclipError(f"{path} is not saved-prompt metadata ({problem}): {REDO}.")
+    version = meta.get("format", FORMAT_VERSION)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise PromptclipError(f"{path} has format {version!r}; this promptclip reads format {FORMAT_VERSION}: "
+                              f"upgrade promptclip, or {REDO}.")
+    return meta
+
+
+def _read_tensors(directory: Path, meta: dict) -> Dict[str, torch.Tensor]:
+    """The tensors of ``directory/prompts.safetensors``, checked against the shapes its prompts.json records."""
+    path = directory / PROMPTS
+    if not path.is_file():
+        raise PromptclipError(f"{path} is missing (its {PROMPTS_META} is there): {REDO}.")
+    try:
+        tensors = load_safetensors(path.read_bytes())
+    except SafetensorError as err:
+        what = "is empty" if path.stat().st_size == 0 else f"is damaged or incomplete ({err})"
+        raise PromptclipError(f"{path} {what}: {REDO}.") from None
+    mismatch = "shapes" in meta and state_mismatch({k: v.shape for k, v in tensors.items()}, meta["shapes"])
+    if mismatch:
+        raise PromptclipError(f"{path} does not match its {PROMPTS_META} ({mismatch}): {REDO}.")
+    return tensors
+
+
+def _backbone_source(meta: dict, directory: Path) -> Tuple[str, Optional[str]]:
+    """(model name, pretrained) recorded in prompts.json. A checkpoint file or ``local-dir:`` folder named by a
+    relative path is looked up inside the run folder and must stay in it; an absolute path is the file the
+    prompts were learned on, only read (with ``weights_only=True``)."""
+    import open_clip
+
+    name, pretrained = meta["backbone"]["model"], meta["backbone"]["pretrained"]
+
+    def inside(value: str, what: str) -> str:
+        if os.path.isabs(value):
+            return value
+        root = directory.resolve()
+        path = (root / value).resolve()
+        if root != path and root not in path.parents:
+            raise PromptclipError(f"{directory / PROMPTS_META} names the {what} {value!r}, a relative path that leads "
+                                  f"out of the run folder, where relative paths must stay: write its absolute path "
+                                  f"there, or pass the right run folder.")
+        return str(path)
+
+    if name.startswith("local-dir:"):
+        name = "local-dir:" + inside(name[len("local-dir:"):], "model folder")
+    elif pretrained is not None and pretrained not in open_clip.list_pretrained_tags_by_model(name):
+        pretrained = inside(pretrained, "weights file")
+        if not os.path.isfile(pretrained):
+            raise PromptclipError(
+                f"{directory / PROMPTS_META} says the prompts were learned on the weights file {pretrained}, which does "
+                f"not exist here: put that file there, or pass the backbone yourself "
+                f"(load_prompts(run_dir, backbone=FrozenCLIP.load({name!r}, WEIGHTS_FILE))).")
+    return name, pretrained
 
 
 def check_backbone(meta: dict, backbone: FrozenCLIP, source) -> None:
@@ -66,22 +162,31 @@ def check_backbone(meta: dict, backbone: FrozenCLIP, source) -> None:
 
 def load_prompts(directory: Union[str, Path], backbone: Optional[FrozenCLIP] = None,
                  device: Union[str, torch.device] = "cpu") -> PromptedCLIP:
-    """Rebuild the model a run saved (on its own backbone unless one is given)."""
+    """Rebuild the model a run saved (on its own backbone unless one is given). Only reads: nothing in the run
+    folder's metadata becomes a path to write."""
     directory = Path(directory)
     meta = read_meta(directory)
+    tensors = _read_tensors(directory, meta)
     if backbone is None:
-        backbone = FrozenCLIP.load(meta["backbone"]["model"], meta["backbone"]["pretrained"], device=device)
+        backbone = FrozenCLIP.load(*_backbone_source(meta, directory), device=device)
     check_backbone(meta, backbone, directory)
-    tensors = load_safetensors((directory / TENSORS).read_bytes())
     learners = {}
     for side, options in meta["learners"].items():
-        cfg = registered_config("learner", options, side)
+        try:
+            cfg = registered_config("learner", options, side)
+        except PromptclipError as err:
+            todo = (f"use the promptclip version that trained the run, or {REDO}" if options.get("name") in LEARNERS
+                    else "import the plugin that registers that learner, or use the promptclip that trained the run")
+            raise PromptclipError(f"{directory / PROMPTS_META} holds {side} learner options this promptclip cannot "
+                                  f"build ({err}): {todo}.") from None
         learner = build_learner(cfg, backbone, meta["classnames"], meta["template"])
         prefix = f"{side}."
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        try:
-            learner.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            raise PromptclipError(f"{directory / TENSORS} does not match its {META} ({side} learner): {err}") from None
+        mismatch = state_mismatch({k: v.shape for k, v in state.items()},
+                                  {k: v.shape for k, v in learner.state_dict().items()})
+        if mismatch:
+            raise PromptclipError(f"{directory / PROMPTS} does not fit the {side} learner its {PROMPTS_META} describes "
+                                  f"({mismatch}): {REDO}.")
+        learner.load_state_dict(state, strict=True)
         learners[side] = learner
     return PromptedCLIP(backbone, learners["text"], learners.get("vision")).to(device)

@@ -1,13 +1,11 @@
 """One run, start to finish: config → data → model → train → save prompts → evaluate → ``result.json``.
 
-A run folder holds ``config.yaml`` (resolved), ``metrics.jsonl``, ``prompts.safetensors`` + ``prompts.json``,
-``checkpoint/`` while training, and ``result.json`` once finished. A finished run is not repeated; an interrupted
-one resumes from its last checkpoint.
+The run folder's layout, file names and identity belong to :mod:`promptclip.runs`. A finished run is reused and an
+interrupted one resumed only for the same settings; one process at a time writes a run folder.
 """
 from __future__ import annotations
 
-import datetime
-import json
+import contextlib
 import logging
 import shutil
 import time
@@ -15,18 +13,19 @@ from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Union
 
 import torch
+import yaml
 
-from .. import linear_probe
+from .. import linear_probe, runs
 from ..backbone import FrozenCLIP
 from ..config import Config, load_resolved, to_yaml
 from ..data.base import Dataset, load_dataset
 from ..data.fewshot import dataset_checksum, few_shot, subsample_classes
 from ..data.loaders import eval_loader, transform_for
-from ..errors import ConfigError
+from ..errors import ConfigError, PromptclipError, TrainingError
 from ..learners.base import build_learner
 from ..losses import LOSSES, PrepareContext
 from ..model import PromptedCLIP
-from ..utils import atomic_write_json, atomic_write_text, seed_everything, versions
+from ..utils import atomic_write_json, seed_everything, versions
 from .cache import feature_loader, frozen_features, single_pass_features
 from .evaluate import metrics_from_predictions, predict_loader
 from .precision import resolve_device, resolve_precision
@@ -34,22 +33,6 @@ from .prompts import load_prompts, save_prompts
 from .trainer import train
 
 log = logging.getLogger("promptclip")
-RESULT = "result.json"
-
-
-def dataset_label(cfg: Config) -> str:
-    """The dataset's name in folder names: the folder for imagefolder, the file stem for a description YAML."""
-    if cfg.data.name == "imagefolder" and cfg.data.root:
-        return Path(cfg.data.root).name
-    return Path(cfg.data.name).stem if cfg.data.name.endswith((".yaml", ".yml")) else cfg.data.name
-
-
-def run_dir_for(cfg: Config) -> Path:
-    if cfg.output.dir:
-        return Path(cfg.output.dir)
-    shots = f"shots_{cfg.data.shots}" if cfg.data.shots > 0 else "all_shots"
-    dataset = dataset_label(cfg)
-    return Path(cfg.output.root) / cfg.method_name / dataset / cfg.data.subsample / shots / f"seed_{cfg.seed}"
 
 
 def prepare_data(cfg: Config, shots: Optional[int] = None, subsample: Optional[str] = None,
@@ -75,27 +58,76 @@ def load_backbone(cfg: Config, device: torch.device) -> FrozenCLIP:
     return FrozenCLIP.load(cfg.model.name, cfg.model.pretrained, device=device, cache_dir=cfg.model.cache_dir)
 
 
-def read_result(run_dir: Union[str, Path]) -> Optional[dict]:
-    path = Path(run_dir) / RESULT
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def run(cfg: Config, progress: bool = True, on_epoch_end: Optional[Callable[[int], None]] = None,
-        backbone: Optional[FrozenCLIP] = None, distributed=None) -> dict:
-    """Train and evaluate one configuration; returns (and writes) its result. A finished run is read back."""
-    run_dir = run_dir_for(cfg)
-    done = read_result(run_dir)
-    if done is not None:
-        log.info("%s already finished (%s); skipping.", run_dir, RESULT)
-        return done
-    is_main = distributed is None or distributed.is_main
+        backbone: Optional[FrozenCLIP] = None, distributed=None, replace: bool = False) -> dict:
+    """Train and evaluate one configuration; returns (and writes) its result.
+
+    A finished run with the same settings is read back; an interrupted one resumes. A folder holding a run made with
+    other settings is an error (``replace=True`` deletes that run first). The main process holds the run's lock.
+    """
     if cfg.text is None:
         raise ConfigError("No text learner: set text.name (coop, zeroshot, ...) or use a preset (-c coop).")
+    cfg = runs.resolve(cfg)
+    run_dir = runs.default_run_dir(cfg)
+    identity = runs.Identity.of(cfg)
+    is_main = distributed is None or distributed.is_main
+    with runs.RunLock(run_dir) if is_main else contextlib.nullcontext():
+        state = _claim(run_dir, identity, replace, distributed)
+        if state.status == "done":
+            log.info("%s already finished on %s with these settings; reusing its result.", run_dir,
+                     state.result.get("finished_at", "an earlier date"))
+            return state.result
+        try:
+            return _run(cfg, run_dir, identity, is_main, progress, on_epoch_end, backbone, distributed)
+        except TrainingError as err:
+            if is_main and (run_dir / runs.IDENTITY).is_file():
+                atomic_write_json(run_dir / runs.FAILED, {"error": str(err), "at": runs.now()})
+            raise
+
+
+def _claim(run_dir: Path, identity: runs.Identity, replace: bool, distributed) -> runs.RunState:
+    """Decide (on the main process) whether the folder is reused, resumed, or started clean; share the decision."""
+    def decide() -> runs.RunState:
+        state = runs.run_state(run_dir, identity)
+        if state.status in ("other", "corrupt") and replace:
+            log.warning("Replacing the run in %s (--replace).", run_dir)
+        elif state.status == "other" and state.failure is not None:
+            log.info("%s holds a failed run with other settings; starting clean.", run_dir)
+        elif state.status == "other":
+            raise runs.RunMismatch(runs.mismatch_message(state))
+        elif state.status == "corrupt" and state.stored is not None:
+            log.warning("%s Redoing the run: its settings are the same.", state.problem)
+        elif state.status == "corrupt":
+            raise runs.CorruptFile(f"{state.problem} Its settings are unknown: use --replace to redo the run in "
+                                   f"this folder, or another folder (output.dir=...).")
+        elif state.status == "failed":
+            log.warning("%s failed before with these same settings (%s); resuming from its last good checkpoint "
+                        "will likely fail again.", run_dir, state.failure.get("error", "?").split(". ")[0])
+            (run_dir / runs.FAILED).unlink(missing_ok=True)
+            state.status = "resume"
+        if state.status in ("other", "corrupt", "new"):
+            runs.clear(run_dir)
+            state = runs.RunState("new", run_dir)
+        return state
+
+    if distributed is None:
+        return decide()
+    outcome = None
+    if distributed.is_main:
+        try:
+            outcome = decide()
+        except PromptclipError as err:
+            outcome = err
+    outcome = distributed.share(outcome)
+    if isinstance(outcome, PromptclipError):
+        raise outcome
+    return outcome
+
+
+def _run(cfg: Config, run_dir: Path, identity: runs.Identity, is_main: bool, progress: bool,
+         on_epoch_end: Optional[Callable[[int], None]], backbone: Optional[FrozenCLIP], distributed) -> dict:
     device = distributed.device if distributed is not None else resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
     seed_everything(cfg.seed)
     started = time.time()
     dataset = prepare_data(cfg, split_dir=run_dir)
@@ -103,8 +135,9 @@ def run(cfg: Config, progress: bool = True, on_epoch_end: Optional[Callable[[int
     if linear_probe.is_linear_probe(cfg):  # logistic regression on frozen features instead of prompts
         if not is_main:
             return {}
+        runs.write_identity(run_dir, identity, to_yaml(cfg))
         fields = linear_probe.fit_linear_probe(cfg, backbone, dataset, device, precision, run_dir, progress)
-        return _finish(run_dir, cfg, dataset, {**fields, "train_seconds": round(time.time() - started, 2)})
+        return _finish(run_dir, cfg, identity, dataset, {**fields, "train_seconds": round(time.time() - started, 2)})
     model = build_model(cfg, backbone, dataset).to(device)
     log.info("%s on %s (%d classes, %d training images): %s", cfg.method_name, dataset.name,
              dataset.num_classes, len(dataset.train), model.parameter_report())
@@ -117,6 +150,8 @@ def run(cfg: Config, progress: bool = True, on_epoch_end: Optional[Callable[[int
                                                                      device, precision, progress))
         for loss in model.losses.values():
             loss.prepare(context)
+    if is_main:  # everything loaded: from here on the folder belongs to these settings
+        runs.write_identity(run_dir, identity, to_yaml(cfg))
     last = {}
     if cfg.train.epochs > 0 and not model.trainable_parameters():
         log.info("%s has no parameters to train: evaluating only.", cfg.method_name)
@@ -130,22 +165,22 @@ def run(cfg: Config, progress: bool = True, on_epoch_end: Optional[Callable[[int
     if not is_main:
         return {}
     save_prompts(model, run_dir, cfg.method_name, {"dataset": dataset.name, "subsample": cfg.data.subsample})
-    return _finish(run_dir, cfg, dataset, fields)
+    return _finish(run_dir, cfg, identity, dataset, fields)
 
 
-def _finish(run_dir: Path, cfg: Config, dataset: Dataset, fields: dict) -> dict:
+def _finish(run_dir: Path, cfg: Config, identity: runs.Identity, dataset: Dataset, fields: dict) -> dict:
     """Write ``result.json`` (the run's identity, then ``fields``) and drop the checkpoint."""
     result = {
         "method": cfg.method_name, "dataset": dataset.name, "subsample": cfg.data.subsample,
         "shots": cfg.data.shots, "seed": cfg.seed, "model": cfg.model.name, "pretrained": cfg.model.pretrained,
-        "num_classes": dataset.num_classes, "num_train_images": len(dataset.train),
-        "draw_checksum": dataset_checksum(dataset), **fields, "versions": versions(),
-        "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
+        "fingerprint": identity.fingerprint, "num_classes": dataset.num_classes,
+        "num_train_images": len(dataset.train), "draw_checksum": dataset_checksum(dataset), **fields,
+        "versions": versions(), "finished_at": runs.now(),
     }
     if "test" in result:
         log.info("%s on %s: test accuracy %.2f%%", cfg.method_name, dataset.name, result["test"]["accuracy"])
-    atomic_write_json(run_dir / RESULT, result)
-    shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)  # the result and prompts are final now
+    atomic_write_json(run_dir / runs.RESULT, result)
+    shutil.rmtree(run_dir / runs.CHECKPOINT_DIR, ignore_errors=True)  # the result and prompts are final now
     return result
 
 
@@ -188,33 +223,70 @@ def evaluate_model(model: PromptedCLIP, dataset: Dataset, cfg: Config, device, p
     return metrics_from_predictions(preds, labels, len(model.classnames))
 
 
+def read_run_config(run_dir: Union[str, Path]) -> Config:
+    """A run folder's saved ``config.yaml``, with errors that name the file."""
+    path = Path(run_dir) / runs.CONFIG
+    if not path.is_file():
+        raise PromptclipError(f"{run_dir} is not a run folder: it has no {runs.CONFIG}. Give a folder made by "
+                              f"promptclip train (e.g. runs/coop/ViT-B-16_openai/DescribableTextures/all/shots_16/"
+                              f"seed_1).")
+    try:
+        return load_resolved(path)
+    except (ConfigError, yaml.YAMLError, UnicodeDecodeError) as err:
+        raise runs.CorruptFile(f"{path} is damaged ({str(err).splitlines()[0]}); rerun the run's train command "
+                               f"with --replace to redo it.") from None
+
+
+def evaluation_config(base: Config, overrides: Sequence[str], run: str = "the run") -> Config:
+    """A run's config with evaluation overrides; a training setting cannot change once the prompts exist."""
+    from ..config import from_dict, merge, parse_override, to_dict
+
+    data = to_dict(base)
+    for text in overrides:
+        key = text.split("=", 1)[0].strip()
+        if not any(key == k or key.startswith(k + ".") for k in runs.EVAL_SETTINGS):
+            raise ConfigError(f"{key} is a training setting of {run}; evaluation can change only "
+                              f"{', '.join(runs.EVAL_SETTINGS)}. Train a new run for other settings.")
+        data = merge(data, parse_override(text))
+    return from_dict(Config, data)
+
+
 def evaluate_run(run_dir: Union[str, Path], overrides: Sequence[str] = (), progress: bool = True,
                  force: bool = False, label: Optional[str] = None) -> dict:
     """Evaluate a finished run's prompts on another class set or dataset (``data.name``, ``data.subsample``...).
 
-    The result goes to ``run_dir/evals/<dataset>-<subsample>.json`` (``<label>-<subsample>.json`` when a label is
-    given, e.g. to tell two image folders apart); an existing one is returned unless ``force``.
+    Only evaluation settings (``model.*``, ``data.*``, precision, device, batch size) may be overridden. The result
+    goes to ``run_dir/evals/<dataset>-<subsample>-<fingerprint>.json``, keyed by everything that affects it; an
+    existing one is returned (with ``"cached": true``) unless ``force``. ``label`` names the dataset in the file
+    name, e.g. to tell two image folders apart.
     """
-    from ..config import merge, parse_override, from_dict, to_dict
-
     run_dir = Path(run_dir)
-    base = load_resolved(run_dir / "config.yaml")
-    data = to_dict(base)
-    for text in overrides:
-        data = merge(data, parse_override(text))
-    cfg = from_dict(Config, data)
-    dataset_name = label or dataset_label(cfg)
-    out = run_dir / "evals" / f"{dataset_name}-{cfg.data.subsample}.json"
-    if out.is_file() and not force:
-        return json.loads(out.read_text())
-    device = resolve_device(cfg.train.device)
-    precision = resolve_precision(cfg.train.precision, device)
-    model = load_prompts(run_dir, load_backbone(cfg, device), device)
-    dataset = prepare_data(cfg, shots=0, split_dir=run_dir)
-    model.set_classnames(dataset.classnames, dataset.template)
-    metrics = evaluate_model(model, dataset, cfg, device, precision, progress)
-    result = {"run": str(run_dir), "method": cfg.method_name, "dataset": dataset.name,
-              "subsample": cfg.data.subsample, "seed": cfg.seed, "test": metrics,
-              "finished_at": datetime.datetime.now().isoformat(timespec="seconds")}
-    atomic_write_json(out, result)
-    return result
+    base = read_run_config(run_dir)
+    stored = runs.read_identity(run_dir)
+    result = runs.read_result(run_dir)
+    if stored is None or result is None:
+        raise PromptclipError(f"{run_dir} has not finished training (no {runs.RESULT if stored else runs.IDENTITY}): "
+                              f"run its train command first; it resumes where it stopped.")
+    cfg = evaluation_config(base, overrides, str(run_dir))
+    identity = runs.eval_identity(cfg, stored.fingerprint)
+    out = runs.eval_file(run_dir, label or runs.dataset_label(cfg), cfg.data.subsample, identity)
+    try:
+        cached = runs.read_json(out, "an evaluation result", ("test",)) if not force else None
+    except runs.CorruptFile as err:
+        log.warning("%s Evaluating again.", err)
+        cached = None
+    if cached is not None:
+        return {**cached, "cached": True}
+    with runs.RunLock(run_dir):
+        device = resolve_device(cfg.train.device)
+        precision = resolve_precision(cfg.train.precision, device)
+        model = load_prompts(run_dir, load_backbone(cfg, device), device)
+        dataset = prepare_data(cfg, shots=0, split_dir=run_dir)
+        model.set_classnames(dataset.classnames, dataset.template)
+        metrics = evaluate_model(model, dataset, cfg, device, precision, progress)
+        evaluation = {"run": str(run_dir), "method": cfg.method_name, "dataset": dataset.name,
+                      "label": label or runs.dataset_label(cfg), "subsample": cfg.data.subsample, "seed": cfg.seed,
+                      "fingerprint": identity.fingerprint, "settings": identity.settings, "test": metrics,
+                      "finished_at": runs.now()}
+        atomic_write_json(out, evaluation)
+    return evaluation

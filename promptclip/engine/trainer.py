@@ -15,13 +15,13 @@ from tqdm.auto import tqdm
 from ..config import Config, OptimConfig
 from ..data.base import Item
 from ..data.loaders import train_loader, transform_for
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
 from ..model import PromptedCLIP
+from ..runs import CHECKPOINT, METRICS
 from ..utils import atomic_write_bytes, atomic_write_text
 from .precision import autocast
 
 log = logging.getLogger("promptclip")
-CHECKPOINT = "checkpoint/last.pt"
 
 
 def lr_at(cfg: OptimConfig, epoch: int, epochs: int) -> float:
@@ -58,14 +58,31 @@ def save_checkpoint(path: Path, epoch: int, model: PromptedCLIP, optimizer, scal
 
 
 def load_checkpoint(path: Path, model: PromptedCLIP, optimizer, scaler, device) -> int:
-    """Restore a checkpoint and return the number of finished epochs."""
-    state = torch.load(path, map_location=device, weights_only=True)
+    """Restore a checkpoint and return the number of finished epochs; a damaged one restores nothing and gives 0."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        learners = {side: state["learners"][side] for side in model.learners()}
+        epoch = int(state["epoch"])
+    except Exception as err:  # noqa: BLE001  (a damaged checkpoint only costs the epochs it held)
+        log.warning("%s is damaged (%s); training from the start.", path, str(err).splitlines()[0] if str(err)
+                    else type(err).__name__)
+        return 0
     for side, learner in model.learners().items():
-        learner.load_state_dict(state["learners"][side])
+        learner.load_state_dict(learners[side])
     optimizer.load_state_dict(state["optimizer"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    return int(state["epoch"])
+    return epoch
+
+
+def _non_finite(what: str, epoch: int, step: int, steps: int, saved: int, cfg: Config, precision: str
+                ) -> TrainingError:
+    """The error for a diverged run: where it happened, what was kept, and what to change."""
+    kept = f"the last checkpoint holds epoch {saved}" if saved else "no checkpoint was written"
+    fp32 = " or use train.precision=fp32" if precision != "fp32" else ""
+    return TrainingError(f"{what} at epoch {epoch + 1}/{cfg.train.epochs}, step {step + 1}/{steps} (optim.lr="
+                         f"{cfg.optim.lr:g}, train.precision={precision}). Nothing of this epoch was saved; {kept}. "
+                         f"Lower optim.lr{fp32} and rerun: a run with other settings starts clean.")
 
 
 def _keep_metrics_before(path: Path, epoch: int) -> None:
@@ -98,11 +115,12 @@ def train(model: PromptedCLIP, items: List[Item], cfg: Config, device: torch.dev
     optimizer = build_optimizer(cfg.optim, params)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     ckpt = run_dir / CHECKPOINT
-    metrics_path = run_dir / "metrics.jsonl"
-    start = 0
+    metrics_path = run_dir / METRICS
+    start = 0  # epochs already trained
     if ckpt.exists():
         start = load_checkpoint(ckpt, model, optimizer, scaler, device)
-        log.info("Resuming %s from epoch %d/%d.", run_dir, start, tc.epochs)
+        if start:
+            log.info("Resuming %s from epoch %d/%d.", run_dir, start, tc.epochs)
     if is_main:
         _keep_metrics_before(metrics_path, start)
     forward = wrap(model) if wrap is not None else model
@@ -111,6 +129,7 @@ def train(model: PromptedCLIP, items: List[Item], cfg: Config, device: torch.dev
     bar = tqdm(range(start, tc.epochs), desc=f"train {cfg.method_name}", initial=start, total=tc.epochs,
                leave=False, disable=not progress)
     last = {}
+    saved = start  # epochs in the checkpoint on disk
     for epoch in bar:
         lr = lr_at(cfg.optim, epoch, tc.epochs)
         for group in optimizer.param_groups:
@@ -131,6 +150,8 @@ def train(model: PromptedCLIP, items: List[Item], cfg: Config, device: torch.dev
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with autocast(device, precision):
                 out = forward(images, labels)
+            if not torch.isfinite(out.loss.detach()):
+                raise _non_finite(f"The loss became {float(out.loss.detach())}", epoch, step, steps, saved, cfg, precision)
             loss = out.loss / accum
             (scaler.scale(loss) if scaler is not None else loss).backward()
             if (step + 1) % accum == 0 or step + 1 == steps:
@@ -144,9 +165,8 @@ def train(model: PromptedCLIP, items: List[Item], cfg: Config, device: torch.dev
                 totals[name] = totals.get(name, 0.0) + float(value) * len(labels)
             correct += int((out.logits.argmax(-1) == labels).sum())
             seen += len(labels)
-        if not math.isfinite(totals.get("loss", 0.0)):
-            raise ConfigError(f"The loss became {totals['loss']} at epoch {epoch}: lower optim.lr "
-                              f"(now {cfg.optim.lr}) or use train.precision=fp32.")
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            raise _non_finite("The prompts became non-finite", epoch, steps - 1, steps, saved, cfg, precision)
         last = {"epoch": epoch, "lr": lr, **{k: v / max(seen, 1) for k, v in totals.items()},
                 "train_accuracy": 100.0 * correct / max(seen, 1), "seconds": round(time.time() - started, 3)}
         bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['train_accuracy']:.1f}")
@@ -156,6 +176,7 @@ def train(model: PromptedCLIP, items: List[Item], cfg: Config, device: torch.dev
                 f.write(json.dumps(last) + "\n")
             if tc.checkpoint_every and (finished % tc.checkpoint_every == 0 or finished == tc.epochs):
                 save_checkpoint(ckpt, finished, model, optimizer, scaler)
+                saved = finished
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     return last

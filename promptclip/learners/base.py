@@ -24,6 +24,8 @@ LEARNERS: Registry = Registry("learner")
 class LearnerConfig:
     """Options every learner has; subclasses add their own fields."""
 
+    #: the learner trains on (or fits to) the few-shot training split; false runs need no shot count
+    uses_training_data: ClassVar[bool] = True
     name: str = ""
 
 

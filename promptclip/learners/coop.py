@@ -7,22 +7,34 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..config import bounded
 from ..errors import ConfigError
 from .base import LEARNERS, Learner, LearnerConfig
-from .prompts import ClassPrompts, context_from_words
+from .prompts import ClassPrompts, Position, context_from_words
+
+#: context vectors without text.init
+DEFAULT_N_CTX = 16
 
 
 @dataclass
 class CoOpConfig(LearnerConfig):
     name: str = "coop"
-    n_ctx: int = 16
-    #: initialise the context from these words ("a photo of a"); n_ctx becomes their token count
+    #: context vectors; null: as many as text.init has tokens (the learner writes the count back), else 16
+    n_ctx: Optional[int] = bounded(None, ge=1)
+    #: initialise the context from these words ("a photo of a"): one vector per token, so n_ctx must match
     init: Optional[str] = None
     #: one context per class (CSC) instead of one shared context
     class_specific: bool = False
     #: where the class name goes: end, middle or front
-    position: str = "end"
-    init_std: float = 0.02
+    position: Position = "end"
+    init_std: float = bounded(0.02, gt=0)
+
+    def __post_init__(self):
+        if self.init and self.class_specific:
+            raise ConfigError("Class-specific context (text.class_specific=true) starts from random vectors; "
+                              "remove text.init or set text.class_specific=false.")
+        if self.n_ctx is None and not self.init:
+            self.n_ctx = DEFAULT_N_CTX
 
 
 @LEARNERS.register("coop")
@@ -34,10 +46,12 @@ class CoOp(Learner):
     def __init__(self, cfg, backbone, classnames, template="a photo of a {}."):
         super().__init__(cfg, backbone, classnames, template)
         if cfg.init:
-            if cfg.class_specific:
-                raise ConfigError("Class-specific context (text.class_specific=true) starts from random vectors; "
-                                  "remove text.init or set text.class_specific=false.")
             ctx = context_from_words(backbone, cfg.init)
+            if cfg.n_ctx not in (None, len(ctx)):
+                raise ConfigError(f"text.n_ctx={cfg.n_ctx}, but CoOp learns one context vector per token of "
+                                  f"text.init={cfg.init!r}, which has {len(ctx)}: set text.n_ctx={len(ctx)} (or "
+                                  f"null), or text.init=null for {cfg.n_ctx} random vectors.")
+            cfg.n_ctx = len(ctx)  # the saved options record the count that was learned
         else:
             shape = (len(classnames), cfg.n_ctx) if cfg.class_specific else (cfg.n_ctx,)
             ctx = torch.empty(*shape, backbone.text_width).normal_(std=cfg.init_std)

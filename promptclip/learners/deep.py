@@ -5,7 +5,7 @@ input and, before each deeper layer ``i``, replaces the same slots with layer ``
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Literal, Optional, get_args
 
 import torch
 from torch import nn
@@ -15,7 +15,9 @@ from ..errors import ConfigError
 from .base import Learner
 from .prompts import ClassPrompts, initial_context
 
-INITS = ("normal", "uniform")
+#: prompt token init: N(0, scale²) or U(−scale, scale)
+Init = Literal["normal", "uniform"]
+INITS = get_args(Init)
 
 
 def check_depth(depth: int, num_layers: int, option: str, tower: str, model: str) -> int:
@@ -60,9 +62,9 @@ class DeepTextLearner(Learner):
     """
 
     def _build_text(self, backbone: FrozenCLIP, n_ctx: int, depth: int, init: Optional[str], option: str,
-                    std: float = 0.02) -> None:
+                    std: float = 0.02, n_option: str = "text.n_ctx") -> None:
         check_depth(depth, backbone.num_text_layers, option, "text", backbone.name)
-        ctx, self.infix = initial_context(backbone, n_ctx, init, std)
+        ctx, self.infix = initial_context(backbone, n_ctx, init, std, n_option)
         self.ctx = nn.Parameter(ctx)
         self.text_deep = LayerPrompts(range(1, depth), n_ctx, backbone.text_width, scale=std)
         self.prompts = ClassPrompts(backbone, self.classnames, n_ctx, infix=self.infix)

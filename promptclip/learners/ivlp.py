@@ -5,25 +5,30 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..backbone import VisionPrompts
+from ..config import bounded
 from ..errors import ConfigError
 from .base import LEARNERS, LearnerConfig
 from .deep import DeepTextLearner, LayerPrompts, check_depth
+from .prompts import check_init_words
 
 
 @dataclass
 class IVLPConfig(LearnerConfig):
     name: str = "ivlp"
     #: learned text tokens per layer, right after SOS
-    n_text: int = 2
+    n_text: int = bounded(2, ge=1)
     #: the first n_text words start the context; the rest stay as fixed text ("of a" for n_text=2)
     init: Optional[str] = "a photo of a"
     #: prompted text layers, from the input
-    text_depth: int = 12
+    text_depth: int = bounded(12, ge=1)
     #: learned vision tokens per layer, after the patch tokens; 0 prompts the text tower only
-    n_vision: int = 2
+    n_vision: int = bounded(2, ge=0)
     #: prompted vision layers, from the input
-    vision_depth: int = 12
-    init_std: float = 0.02
+    vision_depth: int = bounded(12, ge=1)
+    init_std: float = bounded(0.02, gt=0)
+
+    def __post_init__(self):
+        check_init_words(self.n_text, self.init, "text.n_text")
 
 
 @LEARNERS.register("ivlp")
@@ -44,7 +49,8 @@ class IVLP(DeepTextLearner):
         if cfg.n_text < 1:
             raise ConfigError("IVLP needs text prompts (text.n_text >= 1). For vision-only deep prompting use "
                               "text.name=zeroshot with vision.name=vpt (preset vpt_deep_clip).")
-        self._build_text(backbone, cfg.n_text, cfg.text_depth, cfg.init, "text.text_depth", cfg.init_std)
+        self._build_text(backbone, cfg.n_text, cfg.text_depth, cfg.init, "text.text_depth", cfg.init_std,
+                         "text.n_text")
         if cfg.n_vision > 0:
             backbone.require_vision_prompts("IVLP vision prompts")
             depth = check_depth(cfg.vision_depth, backbone.num_vision_layers, "text.vision_depth", "vision",

@@ -7,19 +7,24 @@ from typing import Optional
 from torch import nn
 
 from ..backbone import VisionPrompts
+from ..config import bounded
 from .base import LEARNERS, LearnerConfig
 from .deep import DeepTextLearner, check_depth
+from .prompts import check_init_words
 
 
 @dataclass
 class MaPLeConfig(LearnerConfig):
     name: str = "maple"
     #: learned text tokens per layer (and vision tokens, through the coupling)
-    n_ctx: int = 2
+    n_ctx: int = bounded(2, ge=1)
     #: the first n_ctx words start the context; the rest stay as fixed text ("of a" for n_ctx=2)
     init: Optional[str] = "a photo of a"
-    #: prompted layers J, from the input, on both towers
-    depth: int = 9
+    #: prompted layers J, from the input, on both towers (at most the towers' layer count, checked with the model)
+    depth: int = bounded(9, ge=1)
+
+    def __post_init__(self):
+        check_init_words(self.n_ctx, self.init)
 
 
 @LEARNERS.register("maple")

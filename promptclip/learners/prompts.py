@@ -1,7 +1,7 @@
 """Class prompts with learnable context slots: the assembly CoOp, CoCoOp and MaPLe share."""
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, Literal, Optional, Tuple, get_args
 
 import torch
 from torch import nn
@@ -10,7 +10,9 @@ from ..backbone import FrozenCLIP
 from ..data.base import prompt_classname
 from ..errors import ConfigError
 
-POSITIONS = ("end", "middle", "front")
+#: where the class name goes among the context slots
+Position = Literal["end", "middle", "front"]
+POSITIONS = get_args(Position)
 
 
 class ClassPrompts(nn.Module):
@@ -94,20 +96,30 @@ def context_from_words(backbone: FrozenCLIP, words: str) -> torch.Tensor:
         return backbone.embed_tokens(ids)[0, 1:1 + n].float().clone()
 
 
-def initial_context(backbone: FrozenCLIP, n_ctx: int, words: Optional[str] = None,
-                    std: float = 0.02) -> Tuple[torch.Tensor, str]:
+def check_init_words(n_ctx: int, words: Optional[str], option: str = "text.n_ctx") -> None:
+    """Refuse more context vectors than ``words`` has words (a config check: it needs no tokenizer)."""
+    if words and len(words.split()) < n_ctx:
+        raise ConfigError(f"{option}={n_ctx} context vectors start from the first {n_ctx} words of "
+                          f"text.init={words!r}, which has {len(words.split())}: set {option} to at most "
+                          f"{len(words.split())}, or text.init=null for a random start.")
+
+
+def initial_context(backbone: FrozenCLIP, n_ctx: int, words: Optional[str] = None, std: float = 0.02,
+                    option: str = "text.n_ctx") -> Tuple[torch.Tensor, str]:
     """A starting context ``[n_ctx, D_t]`` and the fixed words left between it and the class name.
 
     With ``words`` ("a photo of a") the first ``n_ctx`` word embeddings become the context and the remaining words stay
     as fixed text: n_ctx=4 learns all four, MaPLe's n_ctx=2 learns "a photo" and keeps "of a {class}.". Without words
-    the context is ``N(0, std²)`` and nothing is kept.
+    the context is ``N(0, std²)`` and nothing is kept. ``option`` names the context length in errors.
     """
     if not words:
         return torch.empty(n_ctx, backbone.text_width).normal_(std=std), ""
+    check_init_words(n_ctx, words, option)
     split = words.split()
     learned = " ".join(split[:n_ctx])
-    if len(split) < n_ctx or len(backbone.tokenizer.encode(learned)) != n_ctx:
-        raise ConfigError(f"text.n_ctx={n_ctx} context vectors cannot start from the first {n_ctx} words of "
-                          f"{words!r} (each must be one token, and there must be enough of them). "
-                          f"Lower text.n_ctx or set text.init=null for a random start.")
+    tokens = len(backbone.tokenizer.encode(learned))
+    if tokens != n_ctx:
+        raise ConfigError(f"{option}={n_ctx} context vectors cannot start from the first {n_ctx} words of "
+                          f"text.init={words!r}: each must be one token, but {learned!r} is {tokens} tokens. "
+                          f"Lower {option} or set text.init=null for a random start.")
     return context_from_words(backbone, learned), " ".join(split[n_ctx:])

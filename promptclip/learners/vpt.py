@@ -3,16 +3,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 from ..backbone import PLACEMENTS, FrozenCLIP, VisionPrompts
+from ..config import bounded
 from ..errors import ConfigError
 from .base import LEARNERS, Learner, LearnerConfig
-from .deep import INITS, LayerPrompts, check_depth
+from .deep import INITS, Init, LayerPrompts, check_depth
 
-FOURIER = ("none", "both", "hidden", "sequence")
+#: VFPT's Fourier prompts: none, or the FFT over both dimensions, the hidden one or the sequence one
+Fourier = Literal["none", "both", "hidden", "sequence"]
+FOURIER = get_args(Fourier)
 
 
 def fourier_prompts(x: torch.Tensor, variant: str = "both") -> torch.Tensor:
@@ -36,21 +40,21 @@ def vpt_uniform_bound(backbone: FrozenCLIP) -> float:
 class VPTConfig(LearnerConfig):
     name: str = "vpt"
     #: prompt tokens per layer
-    n_tokens: int = 16
+    n_tokens: int = bounded(16, ge=1)
     #: layers with their own prompts, from the input: 1 = VPT-shallow; the tower's layer count (12 for ViT-B) = VPT-deep
-    depth: int = 1
+    depth: int = bounded(1, ge=1)
     #: after_cls (VPT, DAPT) or after_patches (MaPLe/IVLP-style deep vision prompting)
-    placement: str = "after_cls"
+    placement: Literal["after_cls", "after_patches"] = "after_cls"
     #: insert before ln_pre (MaPLe/IVLP) or after it (DAPT)
     before_ln_pre: bool = False
     #: uniform: VPT's ±sqrt(6 / (3·patch² + D_v)); normal: N(0, init_std²)
-    init: str = "uniform"
-    init_std: float = 0.02
-    dropout: float = 0.0
+    init: Init = "uniform"
+    init_std: float = bounded(0.02, gt=0)
+    dropout: float = bounded(0.0, ge=0, lt=1)
     #: VFPT: none, both (FFT over hidden then sequence), hidden or sequence
-    fourier: str = "none"
+    fourier: Fourier = "none"
     #: fraction α of each layer's tokens made Fourier prompts (floor(α·n_tokens), placed first)
-    fourier_fraction: float = 0.5
+    fourier_fraction: float = bounded(0.5, ge=0, le=1)
 
 
 @LEARNERS.register("vpt")

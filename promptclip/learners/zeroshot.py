@@ -2,20 +2,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Union
+from typing import ClassVar, List, Literal, Union
 
 import torch
 
 from ..backbone import normalize
+from ..errors import ConfigError
 from ..templates import fill, resolve_templates
 from .base import LEARNERS, Learner, LearnerConfig
 
 
 @dataclass
 class ZeroShotConfig(LearnerConfig):
+    uses_training_data: ClassVar[bool] = False
     name: str = "zeroshot"
-    #: "dataset" (the dataset's template), "ensemble" (CoOp's 7 + the dataset's), "imagenet80", or a list
-    templates: Union[str, List[str]] = "dataset"
+    #: "dataset" (the dataset's template), "ensemble" (CoOp's 7 + the dataset's), "imagenet80", or a list of
+    #: templates with one "{}" each
+    templates: Union[Literal["dataset", "ensemble", "imagenet80"], List[str]] = "dataset"
+
+    def __post_init__(self):
+        bad = [t for t in self.templates if t.count("{}") != 1] if isinstance(self.templates, list) else []
+        if bad:
+            raise ConfigError(f"text.templates need exactly one '{{}}' for the class name each: {bad[:3]}.")
 
 
 @LEARNERS.register("zeroshot")

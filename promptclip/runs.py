@@ -1,0 +1,454 @@
+"""Run folders: their layout, their files, the identity of the settings that made them, and the one-writer lock.
+
+A run's *identity* is every resolved setting that can change its result (model and weights, data and draw, learner
+and loss options, optimiser, schedule, epochs, precision, seed); progress bars, worker counts, devices and output
+paths are not part of it. ``identity.json`` records it when training starts, and a run is reused or resumed only
+for the same fingerprint. Nothing here imports torch, so ``report``, ``bench --dry-run`` and the CLI's help stay fast.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from .errors import ConfigError, PromptclipError
+from .utils import atomic_write_json, atomic_write_text
+
+PathLike = Union[str, Path]
+
+# ------------------------------------------------------------------------------------------------ file names
+CONFIG = "config.yaml"  # the resolved config, as given
+IDENTITY = "identity.json"  # fingerprint + the settings it covers, written when training starts
+RESULT = "result.json"  # written last: the run is finished
+FAILED = "failed.json"  # why the run stopped (non-finite loss ...)
+METRICS = "metrics.jsonl"
+LOG = "log.txt"
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT = f"{CHECKPOINT_DIR}/last.pt"
+EVALS = "evals"
+PROMPTS = "prompts.safetensors"
+PROMPTS_META = "prompts.json"
+CLASSIFIER = "linear_probe.safetensors"
+LOCK = ".lock"
+LOCK_OWNER = ".lock-owner.json"
+SWEEP_SPEC = "sweep-run.json"
+SWEEP_LOG = "sweep.log"
+MANIFEST_PREFIX = "protocol-"
+#: every file a run writes (split files generated for a dataset without one are ``split_*.json``); the sweep's own
+#: files in a run folder (SWEEP_SPEC, SWEEP_LOG) describe the request, not a result, and are not among them
+RUN_FILES = (CONFIG, IDENTITY, RESULT, FAILED, METRICS, LOG, PROMPTS, PROMPTS_META, CLASSIFIER)
+IDENTITY_VERSION = 1
+#: settings that never change a run's result
+NOT_IDENTITY = ("method", "output", "model.cache_dir", "data.num_workers", "train.device", "train.checkpoint_every",
+                "train.eval_batch_size", "train.evaluate")
+#: settings an evaluation of saved prompts may change (everything else belongs to the training run)
+EVAL_SETTINGS = ("model", "data", "train.precision", "train.device", "train.eval_batch_size", "output.cache_dir")
+
+
+class RunMismatch(PromptclipError):
+    """A run folder holds a run made with other settings."""
+
+
+class RunBusy(PromptclipError):
+    """Another process is writing this run folder."""
+
+
+class CorruptFile(PromptclipError):
+    """A file the toolkit wrote earlier cannot be read."""
+
+
+def manifest_path(root: PathLike, protocol: str) -> Path:
+    return Path(root) / f"{MANIFEST_PREFIX}{protocol}.json"
+
+
+# ------------------------------------------------------------------------------------------------ names → paths
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+@=-]+")
+
+
+def safe_component(name: str, what: str) -> str:
+    """``name`` as one folder name, refusing anything that could leave its parent folder."""
+    text = str(name)
+    if not text or text in (".", "..") or "/" in text or "\\" in text or "\0" in text or text.startswith("~"):
+        raise ConfigError(f"{what} {text!r} cannot be a folder name: use letters, digits, '.', '_' or '-' "
+                          f"(no '/', '..' or '~').")
+    return text
+
+
+def inside(root: PathLike, relative: str, what: str) -> Path:
+    """``root / relative``, refusing absolute paths and ``..`` that would leave ``root``."""
+    root_path = Path(root).resolve()
+    if not isinstance(relative, str) or not relative or os.path.isabs(relative):
+        raise CorruptFile(f"{what}: {relative!r} is not a path inside {root}; the file was edited or comes from "
+                          f"elsewhere. Rewrite it with the command that made it.")
+    target = (root_path / relative).resolve()
+    if target != root_path and root_path not in target.parents:
+        raise CorruptFile(f"{what}: {relative!r} points outside {root}; refusing to read or write there. Rewrite "
+                          f"the file with the command that made it.")
+    return target
+
+
+def _short_hash(text: str, n: int = 6) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def _local_path(value: Optional[str]) -> Optional[Path]:
+    """``value`` as an absolute path when it names an existing local file or folder."""
+    if not value:
+        return None
+    path = Path(os.path.expanduser(value))
+    return path.resolve() if path.exists() else None
+
+
+def canonical_dataset(name: str) -> str:
+    """One name per benchmark for all its aliases (``dtd``, ``DTD`` → ``DescribableTextures``); others unchanged."""
+    from .data.benchmarks import find_benchmark
+
+    bench = find_benchmark(name)
+    return bench.name if bench is not None else name
+
+
+def dataset_label(cfg) -> str:
+    """The dataset's folder name: the canonical benchmark name, or for an image folder, list file or description
+    YAML its name plus a hash of its location (two folders called ``images`` stay apart)."""
+    name = cfg.data.name
+    if name.lower().endswith((".yaml", ".yml")):
+        where = f"{_local_path(name) or name}|{_local_path(cfg.data.root) or cfg.data.root}"
+        return f"{safe_component(Path(name).stem, 'dataset')}-{_short_hash(where)}"
+    canonical = canonical_dataset(name)
+    if canonical != name or not cfg.data.root or name.lower() not in ("imagefolder", "listfile"):
+        return safe_component(canonical, "data.name")
+    root = _local_path(cfg.data.root) or Path(os.path.expanduser(cfg.data.root)).absolute()
+    return f"{safe_component(root.name or 'root', 'data.root folder')}-{_short_hash(str(root))}"
+
+
+def backbone_label(model_name: str, pretrained: Optional[str]) -> str:
+    """``ViT-B-16_openai``, ``ViT-B-16_random``, ``hf-hub_org_repo``, ``ViT-B-16_<file>-<hash>``."""
+    name = model_name
+    if name.startswith("local-dir:"):
+        folder = _local_path(name[len("local-dir:"):]) or Path(name[len("local-dir:"):])
+        name = f"local-dir_{folder.name}-{_short_hash(str(folder))}"
+    if pretrained is None:
+        weights = "random" if not model_name.startswith(("hf-hub:", "local-dir:")) else ""
+    else:
+        file = _local_path(pretrained)
+        weights = f"{file.stem}-{_short_hash(str(file))}" if file is not None else pretrained
+    label = _UNSAFE.sub("_", f"{name}_{weights}" if weights else name).strip("_")
+    return safe_component(label.replace(":", "_"), "model")
+
+
+def shots_label(shots: int) -> str:
+    return f"shots_{shots}" if shots > 0 else "all_shots" if shots < 0 else "shots_0"
+
+
+def run_path(root: PathLike, method: str, backbone: str, dataset: str, subsample: str, shots: int, seed: int) -> Path:
+    """``root/<method>/<backbone>/<dataset>/<subsample>/shots_<K>/seed_<S>``: the one run-folder layout."""
+    return Path(root).joinpath(safe_component(method, "method"), safe_component(backbone, "model"),
+                               safe_component(dataset, "dataset"), safe_component(subsample, "data.subsample"),
+                               shots_label(shots), f"seed_{int(seed)}")
+
+
+# ------------------------------------------------------------------------------------------------ identity
+def effective_shots(cfg) -> int:
+    """The shots a run really uses: 0 for methods that never see training data (zero-shot), -1 for "all"."""
+    learners = [c for c in (cfg.text, cfg.vision) if c is not None]
+    if not any(getattr(c, "uses_training_data", True) for c in learners):
+        return 0
+    return cfg.data.shots if cfg.data.shots > 0 else -1
+
+
+def resolve(cfg):
+    """``cfg`` with the settings that did not take effect recorded as what ran (zero-shot: no shots)."""
+    shots = effective_shots(cfg)
+    if shots == cfg.data.shots:
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, shots=shots))
+
+
+def default_run_dir(cfg) -> Path:
+    if cfg.output.dir:
+        return Path(os.path.expanduser(cfg.output.dir))
+    cfg = resolve(cfg)
+    return run_path(cfg.output.root, cfg.method_name, backbone_label(cfg.model.name, cfg.model.pretrained),
+                    dataset_label(cfg), cfg.data.subsample, cfg.data.shots, cfg.seed)
+
+
+def _flatten(data: Any, prefix: str = "") -> Dict[str, Any]:
+    if isinstance(data, dict) and data and not prefix.endswith("options."):
+        out: Dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def _excluded(key: str, names: Sequence[str]) -> bool:
+    return any(key == n or key.startswith(n + ".") for n in names)
+
+
+def identity_settings(cfg) -> Dict[str, Any]:
+    """The flat ``{dotted key: value}`` settings a run's result depends on, normalised so that the same data and
+    weights give the same settings however they were written."""
+    cfg = resolve(cfg)
+    flat = _flatten(dataclasses.asdict(cfg))
+    settings = {k: v for k, v in flat.items() if not _excluded(k, NOT_IDENTITY)}
+    settings["data.name"] = canonical_dataset(cfg.data.name)
+    if cfg.data.name.lower().endswith((".yaml", ".yml")):
+        settings["data.name"] = str(_local_path(cfg.data.name) or cfg.data.name)
+    root = _local_path(cfg.data.root)
+    settings["data.root"] = str(root) if root is not None else cfg.data.root
+    weights = _local_path(cfg.model.pretrained)
+    if weights is not None and weights.is_file():
+        settings["model.pretrained"] = f"{weights} ({weights.stat().st_size} bytes)"
+    if cfg.model.name.startswith("local-dir:"):
+        settings["model.name"] = f"local-dir:{_local_path(cfg.model.name[len('local-dir:'):]) or cfg.model.name}"
+    return dict(sorted(settings.items()))
+
+
+def fingerprint(settings: Dict[str, Any]) -> str:
+    text = json.dumps({"version": IDENTITY_VERSION, "settings": settings}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Identity:
+    settings: Dict[str, Any]
+    fingerprint: str
+
+    @classmethod
+    def of(cls, cfg) -> "Identity":
+        settings = identity_settings(cfg)
+        return cls(settings, fingerprint(settings))
+
+    def differences(self, other: "Identity") -> List[str]:
+        """``key: old → new`` for every setting that differs (``self`` is the stored one)."""
+        keys = sorted(set(self.settings) | set(other.settings))
+        missing = "(not set)"
+        return [f"{k}: {_show(self.settings.get(k, missing))} → {_show(other.settings.get(k, missing))}"
+                for k in keys if self.settings.get(k, missing) != other.settings.get(k, missing)]
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, default=str) if not isinstance(value, str) else value
+
+
+def eval_identity(cfg, run_fingerprint: str) -> Identity:
+    """What an evaluation of a run's prompts depends on: the run, and the evaluation's model and data."""
+    settings = {k: v for k, v in identity_settings(cfg).items()
+                if _excluded(k, EVAL_SETTINGS) and k != "data.shots"}
+    settings["run"] = run_fingerprint
+    return Identity(settings, fingerprint(settings))
+
+
+def eval_file(run_dir: PathLike, label: str, subsample: str, identity: Identity) -> Path:
+    """``run_dir/evals/<dataset>-<subsample>-<fingerprint>.json``: one file per distinct evaluation."""
+    return Path(run_dir) / EVALS / f"{safe_component(label, 'dataset')}-{subsample}-{identity.fingerprint[:8]}.json"
+
+
+# ------------------------------------------------------------------------------------------------ reading files
+def read_json(path: PathLike, what: str, required: Sequence[str] = ()) -> Optional[dict]:
+    """A JSON object written by promptclip, or None when the file does not exist; a damaged one is a CorruptFile
+    naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CorruptFile(f"{path} ({what}) is damaged: not valid JSON ({err}).") from None
+    if not isinstance(data, dict) or any(k not in data for k in required):
+        raise CorruptFile(f"{path} ({what}) is damaged: expected a JSON object with {', '.join(required)}.")
+    return data
+
+
+def read_result(run_dir: PathLike) -> Optional[dict]:
+    """A finished run's ``result.json`` (None when unfinished)."""
+    data = read_json(Path(run_dir) / RESULT, "a run's result", ("method", "dataset"))
+    if data is not None and "test" in data and not (isinstance(data["test"], dict) and "accuracy" in data["test"]):
+        raise CorruptFile(f"{Path(run_dir) / RESULT} (a run's result) is damaged: its test metrics have no accuracy.")
+    return data
+
+
+def read_identity(run_dir: PathLike) -> Optional[Identity]:
+    data = read_json(Path(run_dir) / IDENTITY, "a run's identity", ("fingerprint", "settings"))
+    return None if data is None else Identity(dict(data["settings"]), str(data["fingerprint"]))
+
+
+def write_identity(run_dir: PathLike, identity: Identity, config_yaml: str) -> None:
+    atomic_write_text(Path(run_dir) / CONFIG, config_yaml)
+    atomic_write_json(Path(run_dir) / IDENTITY, {"fingerprint": identity.fingerprint, "settings": identity.settings,
+                                                 "created": now()})
+
+
+def now() -> str:
+    return datetime.datetime.now().isoformat(timespec="seconds")
+
+
+# ------------------------------------------------------------------------------------------------ state
+@dataclass
+class RunState:
+    """What a run folder holds for the requested identity.
+
+    ``status``: ``new`` (nothing of value), ``done``, ``resume`` (same settings, unfinished), ``failed`` (same
+    settings, stopped by a non-finite loss), ``other`` (another run's settings), ``corrupt`` (a file cannot be read).
+    """
+
+    status: str
+    run_dir: Path
+    result: Optional[dict] = None
+    stored: Optional[Identity] = None
+    problem: str = ""
+    failure: Optional[dict] = None
+    differences: List[str] = field(default_factory=list)
+
+
+def _has_work(run_dir: Path) -> bool:
+    return (run_dir / RESULT).exists() or (run_dir / CHECKPOINT_DIR).exists() or (run_dir / PROMPTS).exists()
+
+
+def run_state(run_dir: PathLike, identity: Identity) -> RunState:
+    """The state of ``run_dir`` for a run with ``identity`` (reads only)."""
+    run_dir = Path(run_dir)
+    try:
+        stored = read_identity(run_dir)
+    except CorruptFile as err:
+        return RunState("corrupt", run_dir, problem=str(err))
+    if stored is None:
+        if _has_work(run_dir):
+            return RunState("other", run_dir, problem=f"{run_dir} holds a run without {IDENTITY} (made by an older "
+                                                      f"promptclip, or by hand): its settings are unknown.")
+        return RunState("new", run_dir)
+    if stored.fingerprint != identity.fingerprint:
+        if not _has_work(run_dir):  # stopped before its first checkpoint: nothing to keep
+            return RunState("new", run_dir, stored=stored)
+        try:
+            failure = read_json(run_dir / FAILED, "a run's failure record")
+        except CorruptFile:
+            failure = None
+        return RunState("other", run_dir, stored=stored, failure=failure, differences=stored.differences(identity))
+    try:
+        result = read_result(run_dir)
+        failure = read_json(run_dir / FAILED, "a run's failure record")
+    except CorruptFile as err:
+        return RunState("corrupt", run_dir, stored=stored, problem=str(err))
+    if result is not None:
+        return RunState("done", run_dir, result=result, stored=stored)
+    if failure is not None:
+        return RunState("failed", run_dir, stored=stored, failure=failure)
+    return RunState("resume", run_dir, stored=stored)
+
+
+def mismatch_message(state: RunState, fresh_folder_hint: str = "output.dir=NEW_FOLDER") -> str:
+    what = state.problem or f"{state.run_dir} holds a run made with other settings (stored → requested):"
+    lines = [what, *(f"  {line}" for line in state.differences[:20])]
+    if len(state.differences) > 20:
+        lines.append(f"  ... and {len(state.differences) - 20} more")
+    lines.append(f"It is neither reused nor resumed. Give the new settings a folder of their own "
+                 f"({fresh_folder_hint}), or replace the old run with --replace (deletes its results and checkpoint).")
+    return "\n".join(lines)
+
+
+def clear(run_dir: PathLike) -> None:
+    """Remove every file a run writes (never anything else the folder may hold, and never the lock)."""
+    run_dir = Path(run_dir)
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for path in run_dir.glob("split_*.json"):
+        path.unlink()
+    for name in (CHECKPOINT_DIR, EVALS):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------ the lock
+class RunLock:
+    """One writer per run folder: an OS file lock (``filelock``), released by the kernel if the holder dies, so a
+    lock left by a killed process is simply taken over. The holder's pid, host and start time sit beside it."""
+
+    def __init__(self, run_dir: PathLike):
+        self.run_dir = Path(run_dir)
+        self._lock = None
+
+    def acquire(self) -> "RunLock":
+        from filelock import FileLock, Timeout
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.run_dir / LOCK), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RunBusy(f"{self.run_dir} is busy: {describe_owner(self.run_dir, wait=1.0)}. Wait for that process "
+                          f"to finish, or stop it; a killed process's lock is taken over automatically.") from None
+        self._lock = lock
+        atomic_write_json(self.run_dir / LOCK_OWNER, {"pid": os.getpid(), "host": socket.gethostname(), "since": now()})
+        return self
+
+    def release(self) -> None:
+        if self._lock is not None:
+            (self.run_dir / LOCK_OWNER).unlink(missing_ok=True)
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def describe_owner(run_dir: PathLike, wait: float = 0.0) -> str:
+    """``pid N on host H since T`` of the lock's holder; ``wait`` covers a holder that has just taken the lock and
+    not yet written its name."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            owner = read_json(Path(run_dir) / LOCK_OWNER, "lock owner", ("pid", "host", "since"))
+        except CorruptFile:
+            owner = None
+        if owner is not None or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    if owner is None:
+        return "another process holds its lock"
+    return f"pid {owner['pid']} on host {owner['host']} since {owner['since']}"
+
+
+def is_locked(run_dir: PathLike) -> bool:
+    """Whether a process holds ``run_dir``'s lock now."""
+    from filelock import FileLock, Timeout
+
+    path = Path(run_dir) / LOCK
+    if not path.exists():
+        return False
+    lock = FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+def read_manifest(path: PathLike) -> dict:
+    """A sweep manifest, with every folder and file it names checked to lie inside the sweep folder."""
+    path = Path(path)
+    data = read_json(path, "a sweep manifest", ("protocol", "kind", "runs"))
+    if data is None:
+        raise CorruptFile(f"{path} does not exist.")
+    root = path.parent
+    try:
+        for run in data["runs"]:
+            run["path"] = inside(root, run["dir"], str(path))
+            for evaluation in run.get("evaluations", []):
+                evaluation["path"] = inside(root, evaluation["file"], str(path))
+    except (KeyError, TypeError):
+        raise CorruptFile(f"{path} (a sweep manifest) is damaged: a run entry lacks its dir or file. Rerun the "
+                          f"bench command to rewrite it.") from None
+    return data
