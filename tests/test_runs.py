@@ -303,3 +303,79 @@ def test_light_commands_do_not_import_torch(tmp_path, argv):
             "print('torch loaded' if 'torch' in sys.modules or 'open_clip' in sys.modules else 'torch-free')")
     out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120).stdout
     assert out.strip().splitlines()[-1] == "torch-free"
+
+
+# ------------------------------------------------------------------------------------------------ more edges
+def test_zeroshot_does_not_draw_shots(folder, tmp_path, caplog):
+    cfg = config(folder, tmp_path, "zeroshot", **{"data.shots": 16})  # more shots than the 6 images per class
+    with caplog.at_level("WARNING", logger="promptclip"):
+        result = run(cfg, progress=False)
+    assert result["shots"] == 0 and "fewer images than" not in caplog.text
+    assert "shots: 0" in (runs.default_run_dir(cfg) / runs.CONFIG).read_text()
+
+
+def test_a_damaged_checkpoint_costs_only_its_epochs(folder, tmp_path, caplog):
+    cfg = config(folder, tmp_path, **{"train.epochs": 3})
+    with pytest.raises(Interrupt):
+        run(cfg, progress=False, on_epoch_end=stop_at(1))
+    run_dir = runs.default_run_dir(cfg)
+    (run_dir / runs.CHECKPOINT).write_bytes(b"\x00" * 100)
+    with caplog.at_level("WARNING", logger="promptclip"):
+        resumed = run(cfg, progress=False)
+    assert "last.pt is damaged" in caplog.text and "training from the start" in caplog.text
+    fresh = run(config(folder, tmp_path, **{"train.epochs": 3, "output.dir": tmp_path / "fresh"}), progress=False)
+    assert resumed["test"] == fresh["test"]
+    epochs = [json.loads(line)["epoch"] for line in (run_dir / runs.METRICS).read_text().splitlines()]
+    assert epochs == [0, 1, 2]
+
+
+def sweep_specs(folder, tmp_path, *extra):
+    from promptclip.bench.protocols import expand, parse_protocol
+
+    protocol = parse_protocol({
+        "kind": "few_shot", "shots": [2], "seeds": [1, 2], "methods": ["coop"],
+        "datasets": [{"name": "colours", "data": {"name": "imagefolder", "root": str(folder)}}],
+        "config": {"model.name": "tiny-vit", "model.pretrained": None, "train.epochs": 1, "train.batch_size": 4,
+                   "train.device": "cpu", "text.n_ctx": 4, "output.root": str(tmp_path / "sweep"),
+                   "output.cache_dir": str(tmp_path / "cache")}}, "mini", "inline")
+    return protocol, expand(protocol, list(extra))
+
+
+def test_bench_never_counts_other_settings_or_damaged_results(folder, tmp_path):
+    from promptclip.bench.protocols import write_manifest
+    from promptclip.bench.report import write_report
+    from promptclip.bench.sweep import run_sweep, status
+
+    protocol, specs = sweep_specs(folder, tmp_path)
+    root = tmp_path / "sweep"
+    write_manifest(protocol, specs, root, [])
+    assert len(run_sweep(specs, progress=False).finished) == 2
+    first, second = specs
+    (second.run_dir / runs.RESULT).write_text("{not json")
+    assert [status(s) for s in specs] == ["done", "corrupt"]
+    report = write_report(root, plots=False)
+    assert any(f"{second.run_dir / runs.RESULT}" in line and "damaged" in line for line in report.missing)
+    outcome = run_sweep(specs, progress=False)  # the damaged one is redone (same settings)
+    assert outcome.finished == [second.id] and [status(s) for s in specs] == ["done", "done"]
+
+    protocol, changed = sweep_specs(folder, tmp_path, "optim.lr=0.5")
+    kept = snapshot(first.run_dir)
+    assert [status(s) for s in changed] == ["other", "other"]
+    outcome = run_sweep(changed, progress=False)
+    assert not outcome.finished and not outcome.skipped and "optim.lr: 0.002 → 0.5" in outcome.other[first.id]
+    assert snapshot(first.run_dir) == kept
+    write_manifest(protocol, changed, root, ["optim.lr=0.5"])
+    report = write_report(root, plots=False)
+    assert sum("made with other settings" in line for line in report.missing) == 2
+    assert len(run_sweep(changed, progress=False, replace=True).finished) == 2
+
+
+def test_bench_skips_a_run_another_process_is_writing(folder, tmp_path):
+    from promptclip.bench.sweep import run_sweep, status
+
+    _, specs = sweep_specs(folder, tmp_path)
+    with runs.RunLock(specs[0].run_dir):
+        assert status(specs[0]) == "busy"
+        outcome = run_sweep(specs, progress=False)
+    assert outcome.busy == [specs[0].id] and outcome.finished == [specs[1].id]
+    assert not (specs[0].run_dir / runs.RESULT).exists()

@@ -15,7 +15,7 @@ from promptclip.backbone import FrozenCLIP
 from promptclip.bench import speed
 from promptclip.engine.precision import resolve_device
 
-SECTIONS = ("text", "zeroshot", "coop", "learners", "cocoop")
+SECTIONS = ("startup", "text", "zeroshot", "coop", "learners", "cocoop")
 
 
 def machine(device: torch.device) -> str:
@@ -26,6 +26,8 @@ def machine(device: torch.device) -> str:
 
 def run_sections(backbone, device, sections, precision):
     rows = []
+    if "startup" in sections:
+        rows += speed.cli_startup()
     if "text" in sections:
         rows += speed.text_truncation(backbone, device)
     if "zeroshot" in sections:
@@ -48,6 +50,8 @@ def to_markdown(rows, header: str) -> str:
         notes = []
         if "images_per_second" in r:
             notes.append(f"{r['images_per_second']:.1f} images/s")
+        if "ratio" in r:
+            notes.append(f"{r['ratio']:.1f}× python -c pass")
         if "parameters" in r:
             notes.append(f"{r['parameters']:,} prompt parameters")
         peak = f"{r['peak_mb']:.0f}" if r.get("peak_mb") is not None else ""

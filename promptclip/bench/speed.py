@@ -132,3 +132,36 @@ LEARNER_STEPS = [
     ("VFPT: VPT-deep 16 tokens, half Fourier", ["vfpt"], []),
     ("DAPT (CoOp 16 + VPT 16 + losses)", ["dapt"], []),
 ]
+
+
+STARTUP_COMMANDS = (("promptclip --help", ["--help"]), ("promptclip train --help", ["train", "--help"]),
+                    ("promptclip report EMPTY_DIR", ["report", "{empty}"]),
+                    ("promptclip data check EMPTY_DIR", ["data", "check", "{empty}"]))
+
+
+def cli_startup(repeats: int = 5) -> List[Dict]:
+    """Wall time of light CLI commands in fresh processes, as a ratio to ``python -c pass`` (and to importing torch,
+    which these commands must not do)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    def wall(args: List[str]) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, *args], capture_output=True, check=False)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    with tempfile.TemporaryDirectory() as empty:
+        base = wall(["-c", "pass"])
+        rows = [{"operation": "start-up: python -c pass", "seconds": base, "ratio": 1.0},
+                {"operation": "start-up: python -c 'import torch, open_clip'",
+                 "seconds": wall(["-c", "import torch, open_clip"])}]
+        for label, argv in STARTUP_COMMANDS:
+            rows.append({"operation": f"start-up: {label}",
+                         "seconds": wall(["-m", "promptclip", *(a.format(empty=empty) for a in argv)])})
+    for row in rows:
+        row["ratio"] = row["seconds"] / base
+    return rows
