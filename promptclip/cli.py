@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -26,7 +28,9 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def _setup_logging(quiet: bool) -> None:
+def _setup_logging(quiet: bool, verbose: bool) -> None:
+    """promptclip's own lines on stderr; other libraries' chatter (open_clip's root-logger lines, the hub client's
+    retries, DDP's notices) only with ``-v``."""
     logger = logging.getLogger("promptclip")
     if not logger.handlers:
         handler = _StderrHandler()
@@ -34,6 +38,15 @@ def _setup_logging(quiet: bool) -> None:
         logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+        return
+    root = logging.getLogger()
+    if not root.handlers:  # open_clip logs through the root logger, which would otherwise print to stderr
+        root.addHandler(logging.NullHandler())
+    for name in ("huggingface_hub", "urllib3"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r".*find_unused_parameters=True.*")
 
 
 def _config(args, extra_presets: List[str] = ()):
@@ -118,9 +131,33 @@ def cmd_config(args) -> int:
     return 0
 
 
+def cmd_runs(args) -> int:
+    from .runs import find_runs
+
+    found = find_runs(args.dir)
+    if not found:
+        print(f"No runs under {args.dir}.")
+        return 0
+    print(f"{'status':<12} {'epochs':>7} {'accuracy':>8}  run")
+    for info in found:
+        accuracy = f"{info.accuracy:.2f}" if info.accuracy is not None else "—"
+        print(f"{info.status:<12} {info.epochs:>7} {accuracy:>8}  {info.path.relative_to(args.dir)}"
+              f"{f'  ({info.detail})' if info.detail else ''}")
+    counts: dict = {}
+    for info in found:
+        counts[info.status] = counts.get(info.status, 0) + 1
+    print(", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    return 0
+
+
+GLOBAL_FLAGS = {"-q": "--quiet", "--quiet": "--quiet", "-v": "--verbose", "--verbose": "--verbose"}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="promptclip", description="Prompt learning on frozen CLIP models.")
+    parser = argparse.ArgumentParser(prog="promptclip", description="Prompt learning on frozen CLIP models. "
+                                     "Options and KEY=VALUE overrides may come in any order.")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also show other libraries' messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(p, runs: bool = False):
@@ -167,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Print the config a train command would use, or --list presets."))
     p.add_argument("--list", action="store_true", help="list the presets")
     p.set_defaults(func=cmd_config)
+    p = sub.add_parser("runs", help="list the runs under a folder with their status and accuracy",
+                       description="Every run folder under DIR: done, running (with the lock's owner), interrupted "
+                                   "(resumes when its command is run again), failed or damaged; epochs done and test "
+                                   "accuracy.")
+    p.add_argument("dir", type=Path, help="a folder of runs, e.g. runs")
+    p.set_defaults(func=cmd_runs)
     from .bench.commands import add_bench_commands
     from .data.commands import add_data_commands
 
@@ -175,14 +218,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """Arguments in any order: global flags may follow the command and overrides may follow options."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    flags = [GLOBAL_FLAGS[a] for a in argv if a in GLOBAL_FLAGS]
+    parser = build_parser()
+    args, extra = parser.parse_known_args(flags + [a for a in argv if a not in GLOBAL_FLAGS])
+    takes_overrides = hasattr(args, "overrides")
+    unknown = [a for a in extra if not (takes_overrides and "=" in a and not a.startswith("-"))]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    _setup_logging(args.quiet)
+    args = parse(argv)
+    _setup_logging(args.quiet, args.verbose)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()
+        return code
     except PromptclipError as err:
         print(f"promptclip: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `promptclip ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print("promptclip: interrupted; rerun the same command to resume.", file=sys.stderr)
         return 130

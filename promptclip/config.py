@@ -325,6 +325,9 @@ def load_yaml(name: str, _seen: Sequence[Path] = ()) -> dict:
     if path in _seen:
         raise ConfigError(f"Presets inherit from each other in a loop: {' → '.join(map(str, _seen))} → {path}.")
     data = read_yaml_mapping(path, "config keys")
+    if "kind" in data and "methods" in data:
+        raise ConfigError(f"{path} is a benchmark protocol, not a run preset: run it with "
+                          f"promptclip bench {path.stem if path.parent.name == 'protocols' else path}.")
     parents = data.pop("inherit", []) or []
     out: dict = {}
     for parent in [parents] if isinstance(parents, str) else parents:

@@ -452,3 +452,63 @@ def read_manifest(path: PathLike) -> dict:
         raise CorruptFile(f"{path} (a sweep manifest) is damaged: a run entry lacks its dir or file. Rerun the "
                           f"bench command to rewrite it.") from None
     return data
+
+
+# ------------------------------------------------------------------------------------------------ listing
+@dataclass
+class RunInfo:
+    """One run folder as ``promptclip runs`` shows it."""
+
+    path: Path
+    status: str  # done, running, interrupted, failed, damaged
+    detail: str = ""  # the lock's owner, the failure, or what is damaged
+    settings: Dict[str, Any] = field(default_factory=dict)
+    accuracy: Optional[float] = None
+    epochs: str = ""  # "12/50" for a run that trains
+
+
+def _epochs(run_dir: Path, settings: Dict[str, Any]) -> str:
+    total = settings.get("train.epochs")
+    if not total:
+        return ""
+    metrics = run_dir / METRICS
+    done = sum(1 for line in metrics.read_text().splitlines() if line.strip()) if metrics.is_file() else 0
+    return f"{min(done, total)}/{total}"
+
+
+def describe_run(run_dir: PathLike) -> RunInfo:
+    """Status, identity and accuracy of one run folder (reads only)."""
+    run_dir = Path(run_dir)
+    try:
+        stored = read_identity(run_dir)
+    except CorruptFile as err:
+        return RunInfo(run_dir, "damaged", str(err))
+    settings = stored.settings if stored else {}
+    info = RunInfo(run_dir, "interrupted", settings=settings, epochs=_epochs(run_dir, settings))
+    if is_locked(run_dir):
+        info.status, info.detail = "running", describe_owner(run_dir)
+        return info
+    try:
+        result = read_result(run_dir)
+        failure = read_json(run_dir / FAILED, "a run's failure record")
+    except CorruptFile as err:
+        info.status, info.detail = "damaged", str(err)
+        return info
+    if result is not None:
+        info.status = "done"
+        info.accuracy = result.get("test", {}).get("accuracy")
+    elif failure is not None:
+        info.status, info.detail = "failed", str(failure.get("error", "")).split(". ")[0]
+    elif stored is None:
+        info.detail = f"no {IDENTITY}: made by an older promptclip, or by hand"
+    return info
+
+
+def find_runs(root: PathLike) -> List[RunInfo]:
+    """Every run folder under ``root`` (a folder holding a run's identity, result or checkpoint), sorted by path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise PromptclipError(f"{root} is not a folder: give a folder of runs (output.root, e.g. runs).")
+    markers = (IDENTITY, RESULT, CHECKPOINT_DIR)
+    folders = sorted({p.parent for name in markers for p in root.rglob(name)})
+    return [describe_run(folder) for folder in folders]

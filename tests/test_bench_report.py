@@ -142,3 +142,22 @@ def test_plots_are_skipped_with_a_message_without_matplotlib(few_shot_dir, monke
     assert "Plots skipped: matplotlib is not installed" in (few_shot_dir / "r" / "report.md").read_text()
     assert not list((few_shot_dir / "r").glob("*.png"))
     assert "| coop | 16 |" in capsys.readouterr().out
+
+
+def test_a_folder_of_ad_hoc_runs_never_merges_shots_or_class_subsets(tmp_path):
+    for shots, accs in ((1, (40.0, 44.0)), (2, (50.0, 52.0)), (4, (60.0, 61.0))):
+        for seed, acc in enumerate(accs, 1):
+            write_result(tmp_path, f"coop/all/{shots}/{seed}", "coop", "EuroSAT", "all", shots, seed, acc)
+    write_result(tmp_path, "coop/base/16/1", "coop", "EuroSAT", "base", 16, 1, 90.0,
+                 evals={("EuroSAT", "new"): 70.0})
+    write_result(tmp_path, "coop/new/16/1", "coop", "EuroSAT", "new", 16, 1, 99.0)  # trained on the new half
+    report = write_report(tmp_path, plots=False)
+    text = report.markdown.read_text()
+    assert "Not a sweep folder" in text
+    few_shot = rows(tmp_path / "report" / f"{tmp_path.name}-few_shot-ViT-B-16_openai-all.csv")
+    assert {shots: float(few_shot[("coop", shots, "EuroSAT", "accuracy")]["mean"]) for shots in ("1", "2", "4")} == \
+        {"1": 42.0, "2": 51.0, "4": 60.5}
+    b2n = rows(tmp_path / "report" / f"{tmp_path.name}-base_to_new-ViT-B-16_openai-base.csv")
+    assert float(b2n[("coop", "16", "EuroSAT", "base")]["mean"]) == 90.0  # not averaged with the new-class run
+    trained_on_new = rows(tmp_path / "report" / f"{tmp_path.name}-few_shot-ViT-B-16_openai-new.csv")
+    assert float(trained_on_new[("coop", "16", "EuroSAT", "accuracy")]["mean"]) == 99.0

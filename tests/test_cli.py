@@ -1,5 +1,9 @@
 """The command line end to end in a temporary folder."""
 import json
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -69,3 +73,66 @@ def test_help_on_every_command(capsys):
             main([name, "--help"])
         assert exit_info.value.code == 0
         assert "usage: promptclip" in capsys.readouterr().out
+
+
+def test_options_and_overrides_in_any_order(capsys):
+    assert main(["config", "optim.lr=0.1", "-c", "coop", "text.n_ctx=8", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "lr: 0.1" in out and "n_ctx: 8" in out
+    with pytest.raises(SystemExit):
+        main(["config", "-c", "coop", "--no-such-flag"])
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+def test_dry_run_before_overrides(tmp_path, capsys):
+    assert main(["bench", "few_shot", "--dry-run", f"data.root={tmp_path}", "seeds=[1]", "shots=[1]",
+                 "methods=[coop]", "datasets=[EuroSAT]", "-q"]) == 0
+    assert "few_shot: 1 runs" in capsys.readouterr().out
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    cmd = [sys.executable, "-m", "promptclip", "bench", "few_shot", "--dry-run", f"data.root={tmp_path}"]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    process.stdout.readline()
+    process.stdout.close()  # like `| head -1`; the plan has 500 lines, more than a pipe holds
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141 and "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_a_protocol_given_as_a_preset_says_so(capsys):
+    assert main(["config", "-c", "few_shot"]) == 2
+    assert "is a benchmark protocol, not a run preset: run it with promptclip bench few_shot" in capsys.readouterr().err
+
+
+def test_report_on_a_missing_folder_fails_without_creating_it(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "typo")]) == 2
+    assert "is not a folder" in capsys.readouterr().err and not (tmp_path / "typo").exists()
+
+
+def test_runs_lists_status_and_accuracy(digits_root, tmp_path, capsys):
+    from promptclip import runs
+
+    assert main(["-q", "zeroshot", *[o for o in common(digits_root, tmp_path) if "epochs" not in o]]) == 0
+    (finished,) = (tmp_path / "runs").rglob(runs.RESULT)
+    interrupted = tmp_path / "runs" / "other" / "seed_1"
+    (interrupted / runs.CHECKPOINT_DIR).mkdir(parents=True)
+    capsys.readouterr()
+    with runs.RunLock(interrupted):
+        assert main(["runs", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    accuracy = json.loads(finished.read_text())["test"]["accuracy"]
+    assert re.search(rf"^done .* {accuracy:.2f}  zeroshot/", out, re.M)
+    assert re.search(rf"^running .*other/seed_1  \(pid {os.getpid()} on host ", out, re.M)
+    assert "1 done, 1 running" in out
+
+
+def test_library_noise_only_with_verbose(digits_root, tmp_path):
+    args = ["zeroshot", *[o for o in common(digits_root, tmp_path) if "epochs" not in o]]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    quiet = subprocess.run([sys.executable, "-m", "promptclip", *args], capture_output=True, text=True, env=env)
+    verbose = subprocess.run([sys.executable, "-m", "promptclip", "-v", *args, f"output.root={tmp_path / 'v'}"],
+                             capture_output=True, text=True, env=env)
+    assert quiet.returncode == verbose.returncode == 0
+    assert "[promptclip]" in quiet.stderr and "[open_clip" not in quiet.stderr and "[root]" not in quiet.stderr
+    assert "[root]" in verbose.stderr or "[open_clip" in verbose.stderr

@@ -100,15 +100,18 @@ def _from_manifest(path: Path) -> Sweep:
     return Sweep(data["protocol"], data["kind"], data.get("description", ""), records)
 
 
-def _from_results(root: Path) -> Sweep:
-    """Every finished run under ``root`` (no manifest: nothing is known to be missing)."""
+def _from_results(root: Path) -> Tuple[List[Sweep], List[str]]:
+    """Every finished run under ``root`` (no manifest: nothing is known to be missing), as one sweep per kind of
+    result, backbone and class subset, so runs that differ in any of these are never put in one row; and the
+    problems of results that cannot be read."""
     records = []
+    unreadable: List[str] = []
     for path in sorted(root.rglob(runs.RESULT)):
         problems: List[str] = []
         result = _read(path, "a run's result", problems)
         run_id = str(path.parent.relative_to(root))
         if result is None:
-            records.append(Record(run_id, "?", "?", "?", 0, 0, "?", None, None, {}, problems))
+            unreadable += [f"{run_id}: {problem}" for problem in problems]
             continue
         evals = {}
         for file in sorted((path.parent / runs.EVALS).glob("*.json")):
@@ -119,7 +122,14 @@ def _from_results(root: Path) -> Sweep:
         records.append(Record(run_id, result["method"], result["dataset"], result["subsample"], result["shots"],
                               result["seed"], result["model"], result.get("pretrained"), _accuracy(result), evals,
                               problems))
-    return Sweep(root.name, _infer_kind(records), "", records)
+    groups = _group(records, lambda r: (_infer_kind([r]), r.model, r.pretrained, r.subsample))
+    if len(groups) == 1:
+        ((kind, *_), members), = groups.items()
+        return [Sweep(root.name, kind, "", members)], unreadable
+    return [Sweep(f"{root.name}-{kind}-{runs.backbone_label(model, pretrained)}-{subsample}", kind,
+                  f"Runs of kind {kind.replace('_', ' ')} on {model} ({pretrained or 'random weights'}), trained on "
+                  f"{subsample} classes.", members)
+            for (kind, model, pretrained, subsample), members in groups.items()], unreadable
 
 
 def _infer_kind(records: Sequence[Record]) -> str:
@@ -131,16 +141,16 @@ def _infer_kind(records: Sequence[Record]) -> str:
     return "few_shot"
 
 
-def collect(directory: Path) -> List[Sweep]:
+def collect(directory: Path) -> Tuple[List[Sweep], List[str]]:
+    """The sweeps in ``directory`` (from its manifests, else from the results found) and unreadable results."""
     directory = Path(directory)
     if not directory.is_dir():
         raise PromptclipError(f"{directory} is not a folder: give a sweep folder (the output.root of a bench "
                               f"command, e.g. runs/few_shot) or a folder of runs.")
     manifests = sorted(directory.glob(f"{runs.MANIFEST_PREFIX}*.json"))
     if manifests:
-        return [_from_manifest(m) for m in manifests]
-    sweep = _from_results(directory)
-    return [sweep] if sweep.records else []
+        return [_from_manifest(m) for m in manifests], []
+    return _from_results(directory)
 
 
 # ------------------------------------------------------------------------------------------------ statistics
@@ -423,12 +433,15 @@ class Report:
 def write_report(directory: Path, out: Optional[Path] = None, plots: bool = True) -> Report:
     """Write ``report.md``, ``<protocol>.csv`` and plots into ``out`` (default ``DIR/report``)."""
     directory = Path(directory)
-    sweeps = collect(directory)
+    sweeps, unreadable = collect(directory)
     out = Path(out) if out is not None else directory / "report"
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# Results in {directory}", ""]
-    if not sweeps:
+    if not sweeps and not unreadable:
         lines.append("No finished runs and no sweep manifest (protocol-*.json) here.")
+    elif not list(directory.glob(f"{runs.MANIFEST_PREFIX}*.json")):
+        lines += ["Not a sweep folder (no protocol-*.json from `promptclip bench`): every run found is reported, "
+                  "grouped by kind, backbone and training classes; runs that never finished cannot be listed.", ""]
     report = Report(out / "report.md", [], [], [], {})
     can_plot = plots and _matplotlib_available()
     for sweep in sweeps:
@@ -458,6 +471,9 @@ def write_report(directory: Path, out: Optional[Path] = None, plots: bool = True
         if missing:
             lines += ["", f"Missing ({len(missing)}), not included in any mean:", ""] + [f"- {m}" for m in missing]
         lines.append("")
+    if unreadable:
+        report.missing += unreadable
+        lines += [f"Unreadable results ({len(unreadable)}), not included:", ""] + [f"- {u}" for u in unreadable] + [""]
     if plots and not can_plot:
         lines.append("Plots skipped: matplotlib is not installed (pip install 'promptclip[plot]').")
         log.warning("Plots skipped: matplotlib is not installed (pip install 'promptclip[plot]').")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 from PIL import Image
@@ -28,24 +28,52 @@ def check_images(paths: Sequence[Union[str, Path]]) -> None:
             raise DataError(f"Image {path} cannot be read ({reason}): pass a JPEG, PNG or other image file.") from None
 
 
-@torch.no_grad()
+class LoadedRun:
+    """A finished run ready to classify: its model (frozen CLIP + learned prompts), the backbone's test
+    preprocessing (``transform``: PIL image → tensor) and its class names."""
+
+    def __init__(self, run_dir: Union[str, Path], device: str = "auto"):
+        read_meta(run_dir)
+        self.run_dir = Path(run_dir)
+        self.device = resolve_device(device)
+        self.model = load_prompts(run_dir, device=self.device).eval()
+        self.transform = transform_for(self.model.backbone, train=False)
+        self.classnames: List[str] = self.model.classnames
+        self._class_features: Optional[torch.Tensor] = None  # computed once unless they depend on the image
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits for a batch of preprocessed images ``[B, 3, H, W]``."""
+        model = self.model
+        feats = model.image_features(images.to(self.device))
+        if model.image_conditioned:
+            return model.logits(feats, model.class_features(feats))
+        if self._class_features is None:
+            self._class_features = model.class_features()
+        return model.logits(feats, self._class_features)
+
+    def predict(self, paths: Sequence[Union[str, Path]], topk: int = 5, batch_size: int = 32) -> List[dict]:
+        """``[{"path", "top": [(classname, probability), ...]}]`` for each image file, best first."""
+        check_images(paths)
+        k = min(topk, len(self.classnames))
+        out = []
+        for start in range(0, len(paths), batch_size):
+            chunk = [str(p) for p in paths[start:start + batch_size]]
+            probs = self.logits(torch.stack([self.transform(open_image(p)) for p in chunk])).softmax(-1)
+            values, indices = probs.topk(k, dim=-1)
+            for path, vals, idx in zip(chunk, values.tolist(), indices.tolist()):
+                out.append({"path": path, "top": [(self.classnames[i], round(v, 4)) for i, v in zip(idx, vals)]})
+        return out
+
+
+def load_run(run_dir: Union[str, Path], device: str = "auto") -> LoadedRun:
+    """Load a finished run for classification (``.predict(paths)``, ``.logits(images)``, ``.transform``)."""
+    return LoadedRun(run_dir, device)
+
+
 def predict(run_dir: Union[str, Path], paths: Sequence[Union[str, Path]], topk: int = 5,
             device: str = "auto", batch_size: int = 32) -> List[dict]:
     """``[{"path", "top": [(classname, probability), ...]}]`` for each image, best first."""
     read_meta(run_dir)  # the run first, then the images: both before any model loads
     check_images(paths)
-    dev = resolve_device(device)
-    model = load_prompts(run_dir, device=dev).eval()
-    transform = transform_for(model.backbone, train=False)
-    k = min(topk, len(model.classnames))
-    fixed = None if model.image_conditioned else model.class_features()
-    out = []
-    for start in range(0, len(paths), batch_size):
-        chunk = [str(p) for p in paths[start:start + batch_size]]
-        images = torch.stack([transform(open_image(p)) for p in chunk]).to(dev)
-        feats = model.image_features(images)
-        probs = model.logits(feats, fixed if fixed is not None else model.class_features(feats)).softmax(-1)
-        values, indices = probs.topk(k, dim=-1)
-        for path, vals, idx in zip(chunk, values.tolist(), indices.tolist()):
-            out.append({"path": path, "top": [(model.classnames[i], round(v, 4)) for i, v in zip(idx, vals)]})
-    return out
+    return load_run(run_dir, device).predict(paths, topk, batch_size)
