@@ -7,6 +7,9 @@ Learners never reach into open_clip. They hand this module prompt *embeddings* a
   replaces the tokens right after SOS at the given deeper layers, and pools at EOT.
 - ``encode_image(images, VisionPrompts(...))`` inserts prompt tokens after CLS or after the patches, before or after
   ``ln_pre``, and replaces those slots at deeper layers.
+
+Both towers run open_clip's blocks through :func:`_run_block`, which computes each attention projection as one matrix
+product where torch's batch-first attention would run one per token position.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +104,37 @@ def _replace_slots(x: torch.Tensor, start: int, tokens: torch.Tensor) -> torch.T
 def _insert_slots(x: torch.Tensor, start: int, tokens: torch.Tensor) -> torch.Tensor:
     tokens = _expand(tokens, x.shape[0]).to(x.dtype)
     return torch.cat([x[:, :start], tokens, x[:, start:]], dim=1)
+
+
+def _is_standard_block(block: nn.Module) -> bool:
+    """Whether ``block`` is open_clip's plain self-attention block, the one :func:`_run_block` reproduces."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    attn = getattr(block, "attn", None)
+    return (type(block) is ResidualAttentionBlock and not hasattr(block, "ln_1_kv")
+            and isinstance(attn, nn.MultiheadAttention) and attn.in_proj_weight is not None
+            and attn.bias_k is None and not attn.add_zero_attn)
+
+
+def _run_block(block: nn.Module, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``block(x, attn_mask=attn_mask)`` for ``x [N, L, D]``, with open_clip's standard block written out.
+
+    Off its inference fast path (whenever a gradient flows, and under autocast) torch's batch-first
+    ``nn.MultiheadAttention`` projects a transposed ``[L, N, D]`` view, which runs as one small matrix product per
+    position (a ``bmm``, forward and backward); here the q/k/v projection is one matrix product over all ``N·L``
+    tokens, as in CLIP's sequence-first reference. Same result up to rounding.
+    """
+    if not _is_standard_block(block):
+        return block(x, attn_mask=attn_mask)
+    attn = block.attn
+    n, length, width = x.shape
+    y = block.ln_1(x)
+    q, k, v = F.linear(y, attn.in_proj_weight, attn.in_proj_bias).view(
+        n, length, 3, attn.num_heads, width // attn.num_heads).permute(2, 0, 3, 1, 4)
+    mask = attn_mask.to(y.dtype) if attn_mask is not None else None
+    h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(n, length, width)
+    x = x + block.ls_1(F.linear(h, attn.out_proj.weight, attn.out_proj.bias))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 # ------------------------------------------------------------------------------------------ checkpoint files
@@ -327,6 +361,45 @@ def _load_checkpoint(model: nn.Module, path: str, name: str) -> None:
     raise BackboneError(_checkpoint_problem(path, model, name, failure))
 
 
+def weights_status(name: str, pretrained: Optional[str], cache_dir: Optional[str] = None) -> Tuple[bool, str]:
+    """Whether the weights ``FrozenCLIP.load(name, pretrained)`` needs are on this machine, without loading or
+    downloading anything: ``(available, where)``."""
+    import open_clip
+    from huggingface_hub import try_to_load_from_cache
+
+    def in_hub_cache(repo: str, files: Sequence[str]) -> Optional[str]:
+        for file in files:
+            found = try_to_load_from_cache(repo, file, cache_dir=cache_dir)
+            if isinstance(found, str):
+                return found
+        return None
+
+    weights = (open_clip.constants.HF_SAFE_WEIGHTS_NAME, open_clip.constants.HF_WEIGHTS_NAME)
+    pretrained = None if pretrained in (None, "", "none", "random") else str(pretrained)
+    if name.startswith("local-dir:"):
+        folder = os.path.expanduser(name[len("local-dir:"):])
+        return os.path.isdir(folder), f"local folder {folder}" + ("" if os.path.isdir(folder) else " (missing)")
+    if name.startswith("hf-hub:"):
+        found = in_hub_cache(name[len("hf-hub:"):], weights)
+        return found is not None, found or f"{name}: not in the Hugging Face cache (needs a download)"
+    if pretrained is None:
+        return True, "random weights (nothing to download)"
+    file = os.path.expanduser(pretrained)
+    if os.path.isfile(file) or pretrained not in open_clip.list_pretrained_tags_by_model(name):
+        return os.path.isfile(file), f"local file {file}" + ("" if os.path.isfile(file) else " (missing)")
+    cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    if cfg.get("hf_hub"):
+        repo, file = os.path.split(cfg["hf_hub"])  # "org/repo/" (default weights file) or "org/repo/file"
+        found = in_hub_cache(repo, [file] if file else weights)
+        if found:
+            return True, found
+    if cfg.get("url"):
+        target = os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(cfg["url"]))
+        if os.path.isfile(target):
+            return True, target
+    return False, f"{name} {pretrained}: not in the local caches (needs a download)"
+
+
 class FrozenCLIP(nn.Module):
     """A frozen open_clip model in eval mode with prompt hooks. Build it with :meth:`FrozenCLIP.load`."""
 
@@ -344,6 +417,8 @@ class FrozenCLIP(nn.Module):
         visual = model.visual
         self.is_vit = all(hasattr(visual, a) for a in ("conv1", "class_embedding", "positional_embedding",
                                                        "transformer", "ln_pre", "ln_post"))
+        self._own_vit_forward = (self.is_vit and getattr(visual, "attn_pool", None) is None
+                                 and getattr(visual, "pool_type", "tok") == "tok")
         pp = getattr(visual, "preprocess_cfg", {}) or {}
         size = pp.get("size", getattr(visual, "image_size", 224))
         self.image_size = size[0] if isinstance(size, (tuple, list)) else int(size)
@@ -500,7 +575,7 @@ class FrozenCLIP(nn.Module):
         for i, block in enumerate(t.blocks):
             if deep and i in deep:
                 x = _replace_slots(x, 1, deep[i])
-            x = block(x, attn_mask=mask)
+            x = _run_block(block, x, mask)
         x = t.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), eot_index]
         if t.projection is not None:
@@ -534,8 +609,12 @@ class FrozenCLIP(nn.Module):
             raise BackboneError(f"{who} are supported for ViTs that pool the class token; {self.name} does not.")
 
     def encode_image(self, images: torch.Tensor, prompts: Optional[VisionPrompts] = None) -> torch.Tensor:
-        """Image features ``[B, E]`` (not normalised), with optional prompt tokens."""
-        if prompts is None:
+        """Image features ``[B, E]`` (not normalised), with optional prompt tokens.
+
+        A ViT that pools its class token runs through :func:`_run_block` even without prompts (open_clip's forward
+        takes the slow batched path under autocast); other image towers run open_clip's own forward.
+        """
+        if prompts is None and not self._own_vit_forward:
             return self.model.encode_image(images)
         self.require_vision_prompts()
         v = self.model.visual
@@ -543,15 +622,16 @@ class FrozenCLIP(nn.Module):
         x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
         cls_token = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls_token, x], dim=1) + v.positional_embedding.to(x.dtype)
-        start = 1 if prompts.placement == "after_cls" else x.shape[1]
-        if prompts.before_ln_pre:
-            x = v.ln_pre(_insert_slots(x, start, prompts.tokens[0]))
+        if prompts is None:
+            x = v.ln_pre(x)
         else:
-            x = _insert_slots(v.ln_pre(x), start, prompts.tokens[0])
+            start = 1 if prompts.placement == "after_cls" else x.shape[1]
+            x = (v.ln_pre(_insert_slots(x, start, prompts.tokens[0])) if prompts.before_ln_pre else
+                 _insert_slots(v.ln_pre(x), start, prompts.tokens[0]))
         for i, block in enumerate(v.transformer.resblocks):
-            if i > 0 and i in prompts.tokens:
+            if prompts is not None and i > 0 and i in prompts.tokens:
                 x = _replace_slots(x, start, prompts.tokens[i])
-            x = block(x)
+            x = _run_block(block, x)
         pooled = v.ln_post(x[:, 0])
         return pooled @ v.proj if v.proj is not None else pooled
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Union, get_args, get_origin, get_type_hints
@@ -18,7 +19,12 @@ import yaml
 from .errors import ConfigError
 from .registry import suggest
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+#: the presets shipped with promptclip: inside the package when installed from a wheel (setup.cfg maps the
+#: repository's configs/ there), the repository's configs/ in a source checkout
+_PACKAGED_PRESETS = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = _PACKAGED_PRESETS if _PACKAGED_PRESETS.is_dir() else Path(__file__).resolve().parent.parent / "configs"
+#: os.pathsep-separated folders of the user's own presets (and protocols/), searched before the shipped ones
+PRESETS_ENV = "PROMPTCLIP_PRESETS"
 
 
 @dataclass(frozen=True)
@@ -96,9 +102,10 @@ class TrainConfig:
     eval_batch_size: int = bounded(100, ge=1)
     #: gradient accumulation: optimizer step every accum_steps batches
     accum_steps: int = bounded(1, ge=1)
-    #: fp32; bf16 (autocast on CPU or GPU); fp16 (GPU only, with a grad scaler); auto (bf16 on a GPU that has it,
-    #: else fp32). Prompt parameters stay fp32 in every case.
-    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
+    #: auto: fp32 on CPU, bf16 autocast on a GPU that has bf16, else fp16 with a grad scaler; fp32; bf16 (autocast;
+    #: on a CPU often several times slower than fp32: measure first); fp16 (GPU only, with a grad scaler).
+    #: Prompt parameters stay fp32 in every case.
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"
     #: auto, cpu, cuda, cuda:1 ...
     device: str = "auto"
     #: save a resumable checkpoint every N epochs (0: never)
@@ -107,6 +114,12 @@ class TrainConfig:
     evaluate: bool = True
     #: cap on optimizer steps per epoch (0: no cap); useful for benchmarks and smoke runs
     max_steps_per_epoch: int = bounded(0, ge=0)
+
+    # -- training views (engine/cache.py TrainingViews, data/loaders.py view_seeds) --
+    #: augmented views per training image: 0 draws a fresh view every epoch (the reference); K > 0 reuses K views
+    #: (view = epoch mod K), so methods that leave the image tower frozen encode each image K times in all. K > 0
+    #: changes the training distribution (the practice of cached-feature few-shot methods); no published preset sets it
+    views: int = bounded(0, ge=0)
 
 
 @dataclass
@@ -272,26 +285,52 @@ def to_yaml(cfg) -> str:
 
 
 # ------------------------------------------------------------------------------------------- presets, overrides
+def preset_dirs() -> List[Path]:
+    """Where presets are looked up, first match winning: the folders in $PROMPTCLIP_PRESETS, then the shipped ones."""
+    user = [Path(p).expanduser() for p in os.environ.get(PRESETS_ENV, "").split(os.pathsep) if p]
+    return [*user, CONFIG_DIR]
+
+
+def _presets() -> Dict[str, Path]:
+    """``methods/coop`` → its file, for every preset (protocols are not presets)."""
+    found: Dict[str, Path] = {}
+    for folder in preset_dirs():
+        for path in sorted(folder.rglob("*.yaml")):
+            rel = path.relative_to(folder).with_suffix("").as_posix()
+            if not rel.startswith("protocols/"):
+                found.setdefault(rel, path)
+    return found
+
+
 def preset_names() -> List[str]:
-    return sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml"))
+    return sorted(_presets())
+
+
+def _protocol_error(path: Path) -> ConfigError:
+    name = path.stem if path.parent.name == "protocols" else path
+    return ConfigError(f"{path} is a benchmark protocol, not a run preset: run it with promptclip bench {name}.")
 
 
 def find_preset(name: str) -> Path:
-    """A preset by path, by path under ``configs/`` (``methods/coop``), or by unique file stem (``coop``)."""
+    """A preset by path, by path under a preset folder (``methods/coop``), or by unique file stem (``coop``)."""
     path = Path(name).expanduser()
     if path.is_file():
         return path
-    for candidate in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
-        if candidate.is_file():
-            return candidate
-    matches = sorted(CONFIG_DIR.rglob(f"{Path(name).name}.yaml")) if "/" not in name else []
+    presets = _presets()
+    key = name[:-len(".yaml")] if name.endswith(".yaml") else name
+    if key in presets:
+        return presets[key]
+    matches = [rel for rel in presets if rel.rsplit("/", 1)[-1] == key] if "/" not in key else []
     if len(matches) == 1:
-        return matches[0]
+        return presets[matches[0]]
     if len(matches) > 1:
-        rel = ", ".join(str(m.relative_to(CONFIG_DIR).with_suffix("")) for m in matches)
-        raise ConfigError(f"Preset {name!r} is ambiguous: {rel}. Give the folder too.")
-    raise ConfigError(f"No config file or preset {name!r}.{suggest(name, preset_names())} "
-                      f"Presets: {', '.join(preset_names())}.")
+        raise ConfigError(f"Preset {name!r} is ambiguous: {', '.join(matches)}. Give the folder too.")
+    protocol = next((d / "protocols" / f"{key}.yaml" for d in preset_dirs()
+                     if (d / "protocols" / f"{key}.yaml").is_file()), None)
+    if protocol is not None:
+        raise _protocol_error(protocol)
+    raise ConfigError(f"No config file or preset {name!r}.{suggest(name, presets)} "
+                      f"Presets: {', '.join(sorted(presets))}.")
 
 
 def merge(base: dict, update: dict) -> dict:
@@ -326,8 +365,7 @@ def load_yaml(name: str, _seen: Sequence[Path] = ()) -> dict:
         raise ConfigError(f"Presets inherit from each other in a loop: {' → '.join(map(str, _seen))} → {path}.")
     data = read_yaml_mapping(path, "config keys")
     if "kind" in data and "methods" in data:
-        raise ConfigError(f"{path} is a benchmark protocol, not a run preset: run it with "
-                          f"promptclip bench {path.stem if path.parent.name == 'protocols' else path}.")
+        raise _protocol_error(path)
     parents = data.pop("inherit", []) or []
     out: dict = {}
     for parent in [parents] if isinstance(parents, str) else parents:

@@ -27,11 +27,11 @@ from .engine.cache import frozen_features
 from .engine.evaluate import metrics_from_predictions
 from .errors import ConfigError
 from .learners.base import LEARNERS, Learner, LearnerConfig
+from .runs import CLASSIFIER
 from .utils import atomic_write_bytes
 
 log = logging.getLogger("promptclip")
 NAME = "linear_probe"
-CLASSIFIER = "linear_probe.safetensors"
 COARSE_LOG10_C = (-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0)
 
 

@@ -84,10 +84,13 @@ class PromptedCLIP(nn.Module):
             return scale * torch.einsum("be,bce->bc", image_features, class_features.to(image_features.dtype))
         return scale * image_features @ class_features.to(image_features.dtype).t()
 
-    def forward(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None,
-                class_features: Optional[torch.Tensor] = None) -> ModelOutput:
-        """Logits for ``images``; with ``labels``, also the loss. ``class_features`` skips the text tower."""
-        img = self.image_features(images)
+    def forward(self, images: Optional[torch.Tensor], labels: Optional[torch.Tensor] = None,
+                class_features: Optional[torch.Tensor] = None,
+                image_features: Optional[torch.Tensor] = None) -> ModelOutput:
+        """Logits for ``images``; with ``labels``, also the loss. ``class_features`` skips the text tower;
+        ``image_features`` (normalised frozen features, for a model that does not prompt the image tower) replace
+        ``images`` and the image tower."""
+        img = self.image_features(images) if image_features is None else image_features
         txt = class_features if class_features is not None else self.class_features(img)
         out = ModelOutput(logits=self.logits(img, txt), image_features=img, text_features=txt)
         if labels is not None:

@@ -346,13 +346,13 @@ def run_state(run_dir: PathLike, identity: Identity) -> RunState:
     return RunState("resume", run_dir, stored=stored)
 
 
-def mismatch_message(state: RunState, fresh_folder_hint: str = "output.dir=NEW_FOLDER") -> str:
+def mismatch_message(state: RunState) -> str:
     what = state.problem or f"{state.run_dir} holds a run made with other settings (stored → requested):"
     lines = [what, *(f"  {line}" for line in state.differences[:20])]
     if len(state.differences) > 20:
         lines.append(f"  ... and {len(state.differences) - 20} more")
-    lines.append(f"It is neither reused nor resumed. Give the new settings a folder of their own "
-                 f"({fresh_folder_hint}), or replace the old run with --replace (deletes its results and checkpoint).")
+    lines.append("It is neither reused nor resumed. Give the new settings a folder of their own "
+                 "(output.dir=NEW_FOLDER), or replace the old run with --replace (deletes its results and checkpoint).")
     return "\n".join(lines)
 
 

@@ -4,14 +4,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from promptclip.backbone import FrozenCLIP, VisionPrompts
+from promptclip.backbone import FrozenCLIP, VisionPrompts, _is_standard_block, _run_block
 from promptclip.errors import BackboneError
 
 
 def record_block_inputs(blocks):
-    """Forward pre-hooks that keep each block's input sequence."""
+    """Forward pre-hooks that keep each block's input sequence (what its first op, ``ln_1``, receives)."""
     seen = {}
-    handles = [b.register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(i, a[0].detach().clone()))
+    handles = [b.ln_1.register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(i, a[0].detach().clone()))
                for i, b in enumerate(blocks)]
     return seen, handles
 
@@ -42,6 +42,33 @@ def test_empty_vision_prompts_equal_open_clip_forward(tiny):
     for placement in ("after_cls", "after_patches"):
         empty = VisionPrompts({0: torch.zeros(0, tiny.vision_width)}, placement=placement)
         torch.testing.assert_close(tiny.encode_image(images, empty), plain, atol=1e-5, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # where open_clip's attention leaves its fast path
+        torch.testing.assert_close(tiny.encode_image(images), tiny.model.encode_image(images))
+
+
+@pytest.mark.parametrize("tower", ["vision", "text"])
+def test_written_out_block_equals_open_clip_block_with_gradients(tiny, tower):
+    blocks, mask = ((tiny.model.visual.transformer.resblocks, None) if tower == "vision" else
+                    (tiny._text.blocks, tiny._text.mask[:6, :6]))
+    block = blocks[0]
+    assert _is_standard_block(block)
+    x = torch.randn(3, 6, block.ln_1.normalized_shape[0], requires_grad=True)
+    ours = _run_block(block, x, mask)
+    theirs = block(x, attn_mask=mask)  # open_clip's own forward, through nn.MultiheadAttention
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    weights = torch.randn_like(ours)
+    grad_ours, = torch.autograd.grad((ours * weights).sum(), x)
+    grad_theirs, = torch.autograd.grad((theirs * weights).sum(), x)
+    torch.testing.assert_close(grad_ours, grad_theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_other_blocks_run_their_own_forward():
+    from open_clip.transformer import CustomResidualAttentionBlock
+
+    block = CustomResidualAttentionBlock(16, 2).eval()
+    x = torch.randn(2, 5, 16)
+    assert not _is_standard_block(block)
+    assert torch.equal(_run_block(block, x), block(x))
 
 
 @pytest.mark.parametrize("placement", ["after_cls", "after_patches"])
@@ -91,6 +118,8 @@ def test_local_checkpoint_file_loads_those_weights(tiny, tmp_path):
 def test_resnet_text_works_and_vision_prompts_are_refused():
     rn = FrozenCLIP.load("tiny-rn")
     assert rn.encode_text_ids(rn.tokenize(["a photo of a dog."])).shape == (1, rn.embed_dim)
+    images = torch.randn(2, 3, 32, 32)
+    assert torch.equal(rn.encode_image(images), rn.model.encode_image(images))  # open_clip's own forward
     with pytest.raises(BackboneError, match="ViT"):
         rn.encode_image(torch.randn(1, 3, 32, 32), VisionPrompts({0: torch.zeros(1, 16)}))
 

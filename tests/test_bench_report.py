@@ -161,3 +161,22 @@ def test_a_folder_of_ad_hoc_runs_never_merges_shots_or_class_subsets(tmp_path):
     assert float(b2n[("coop", "16", "EuroSAT", "base")]["mean"]) == 90.0  # not averaged with the new-class run
     trained_on_new = rows(tmp_path / "report" / f"{tmp_path.name}-few_shot-ViT-B-16_openai-new.csv")
     assert float(trained_on_new[("coop", "16", "EuroSAT", "accuracy")]["mean"]) == 99.0
+
+
+def test_every_metric_a_run_has_reaches_the_long_table_and_its_own_table(tmp_path):
+    for seed, (acc, f1, seconds) in enumerate(((80.0, 70.0, 10.0), (90.0, 74.0, 14.0)), 1):
+        folder = tmp_path / f"coop/{seed}"
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text(json.dumps({
+            "method": "coop", "dataset": "EuroSAT", "subsample": "all", "shots": 4, "seed": seed, "model": "m",
+            "pretrained": None, "num_parameters": 2048, "train_seconds": seconds,
+            "test": {"accuracy": acc, "macro_f1": f1}}))
+    report = write_report(tmp_path, plots=False)
+    text = report.markdown.read_text()
+    assert "### Macro-F1 (%)" in text and "| coop | 4 | 72.00 |" in text
+    assert "| coop | 4 | 2,048 |" in text and "| coop | 4 | 12.0 |" in text
+    with open(tmp_path / "report" / f"{tmp_path.name}-runs.csv") as f:
+        long = list(csv.DictReader(f))
+    assert {(r["seed"], r["metric"]) for r in long} == {(s, m) for s in ("1", "2") for m in
+                                                        ("accuracy", "macro_f1", "parameters", "train_seconds")}
+    assert float(next(r["value"] for r in long if (r["seed"], r["metric"]) == ("2", "macro_f1"))) == 74.0

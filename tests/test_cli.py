@@ -84,10 +84,21 @@ def test_options_and_overrides_in_any_order(capsys):
     assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
 
 
-def test_dry_run_before_overrides(tmp_path, capsys):
-    assert main(["bench", "few_shot", "--dry-run", f"data.root={tmp_path}", "seeds=[1]", "shots=[1]",
-                 "methods=[coop]", "datasets=[EuroSAT]", "-q"]) == 0
-    assert "few_shot: 1 runs" in capsys.readouterr().out
+def test_dry_run_before_overrides_says_whether_the_weights_are_here(tmp_path, capsys):
+    args = ["bench", "few_shot", "--dry-run", f"data.root={tmp_path}", "seeds=[1]", "shots=[1]", "methods=[coop]",
+            "datasets=[EuroSAT]", "-q"]
+    assert main([*args, f"model.pretrained={tmp_path / 'absent.pt'}"]) == 0
+    out = capsys.readouterr().out
+    assert "few_shot: 1 runs" in out and f"weights ViT-B-16 {tmp_path / 'absent.pt'}: MISSING" in out
+    assert main([*args, "model.name=tiny-vit", "model.pretrained=null"]) == 0
+    assert "weights tiny-vit (random): available" in capsys.readouterr().out
+
+
+def test_the_zero_shot_ensemble_says_which_templates(digits_root, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="promptclip"):
+        assert main(["zeroshot", "-c", "zeroshot_ensemble", *[o for o in common(digits_root, tmp_path)
+                                                              if "epochs" not in o]]) == 0
+    assert "mean over 8 templates (CoOp's 7 ImageNet templates + the dataset's)" in caplog.text
 
 
 def test_a_closed_pipe_ends_quietly(tmp_path):

@@ -2,7 +2,7 @@
 import pytest
 import yaml
 
-from promptclip.config import build_config, from_dict, Config, load_resolved, parse_override, to_yaml
+from promptclip.config import Config, build_config, from_dict, load_resolved, parse_override, preset_names, to_yaml
 from promptclip.errors import ConfigError
 
 
@@ -66,3 +66,30 @@ def test_every_preset_parses():
 def test_from_dict_rejects_non_mappings():
     with pytest.raises(ConfigError, match="optim must be a mapping"):
         from_dict(Config, {"optim": 3})
+
+
+def test_user_preset_folders_come_first(tmp_path, monkeypatch):
+    (tmp_path / "methods").mkdir()
+    (tmp_path / "methods" / "mycoop.yaml").write_text("inherit: coop\nmethod: mycoop\noptim: {lr: 0.123}\n")
+    (tmp_path / "protocols").mkdir()
+    (tmp_path / "protocols" / "mine.yaml").write_text("kind: few_shot\ndatasets: [EuroSAT]\nmethods: [mycoop]\n")
+    monkeypatch.setenv("PROMPTCLIP_PRESETS", str(tmp_path))
+    cfg = build_config(["mycoop"])
+    assert (cfg.method, cfg.optim.lr, cfg.text.name) == ("mycoop", 0.123, "coop")
+    assert "methods/mycoop" in preset_names() and not any(n.startswith("protocols/") for n in preset_names())
+    from promptclip.bench.protocols import find_protocol
+
+    assert find_protocol("mine") == tmp_path / "protocols" / "mine.yaml"
+
+
+def test_the_wheel_lists_every_package():
+    """setup.cfg names the packages (so that configs/ can ship as promptclip.configs): none may be missing."""
+    import configparser
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    parser = configparser.ConfigParser()
+    parser.read(root / "setup.cfg")
+    listed = set(parser["options"]["packages"].split())
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "promptclip").rglob("__init__.py")}
+    assert listed == found | {"promptclip.configs"}

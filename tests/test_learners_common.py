@@ -180,3 +180,13 @@ def test_vit_b16_widths_and_vpt_init(vit_b16):
     maple = learner(vit_b16, {"name": "maple"})
     assert maple.vision_prompts(vit_b16).tokens[8].shape == (2, 768) and maple.text_deep.tokens.shape == (8, 2, 512)
     assert 0.0624 < learner(vit_b16, {"name": "vpt"}).prompts.tokens.abs().max() <= 0.0625  # sqrt(6 / (3·16² + 768))
+
+
+@pytest.mark.parametrize("preset, overrides", [("coop", []), ("cocoop", []), ("maple", ["text.depth=2"]),
+                                               ("vpt_deep_clip", ["vision.depth=2"]), ("dapt", [])])
+def test_benchmark_step_runs_each_kind_of_method(tiny, preset, overrides):
+    from promptclip.bench import speed
+
+    row = speed.learner_step(tiny, torch.device("cpu"), preset, overrides, num_classes=3, batch=2, repeats=1)
+    assert row["seconds"] > 0 and row["ratio"] > 0 and row["forward_seconds"] > 0 and row["parameters"] > 0
+    assert row["operation"] == f"{preset}: train step, 3 classes, batch 2, fp32"

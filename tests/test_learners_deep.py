@@ -32,9 +32,10 @@ def load():
 
 @contextlib.contextmanager
 def block_inputs(blocks):
-    """Record the sequence ``[N, L, D]`` entering each block."""
+    """Record the sequence ``[N, L, D]`` entering each block (what its first op, ``ln_1``, receives)."""
     seen = []
-    handles = [b.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone())) for b in blocks]
+    handles = [b.ln_1.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+               for b in blocks]
     try:
         yield seen
     finally:

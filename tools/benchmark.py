@@ -1,21 +1,30 @@
-"""Time promptclip's core operations on ViT-B/16 (random weights) and record them in docs/benchmarks.md.
+"""Time promptclip's training steps, evaluation and start-up on real-size backbones (random weights) and record them
+in docs/benchmarks.md.
 
-    python tools/benchmark.py                       # everything, printed
-    python tools/benchmark.py --only text coop --write docs/benchmarks.md
+    python tools/benchmark.py --threads 2                          # CPU: every section, printed
+    python tools/benchmark.py --only steps --threads 2 --write docs/benchmarks.md
+    python tools/benchmark.py --device cuda --model ViT-B-16 ViT-L-14 --precision bf16 fp16 --batch 32 \\
+        --classes 100 1000 --cocoop-batch 1 --only zeroshot steps --write docs/benchmarks.md     # the GPU tables
+
+Each training step is also given as a ratio to the plain image-tower forward of the same batch, measured beside it.
+On CPU every step row runs in a fresh process, so its peak resident memory is its own; on a GPU the peak is the
+memory allocated during the step (a row that runs out of GPU memory says so and the others go on).
 """
 import argparse
 import datetime
+import json
 import os
 import platform
+import subprocess
 import sys
 
 import torch
 
 from promptclip.backbone import FrozenCLIP
 from promptclip.bench import speed
-from promptclip.engine.precision import resolve_device
+from promptclip.engine.precision import resolve_device, resolve_precision
 
-SECTIONS = ("startup", "text", "zeroshot", "coop", "learners", "cocoop")
+SECTIONS = ("startup", "text", "zeroshot", "steps", "cocoop")
 
 
 def machine(device: torch.device) -> str:
@@ -24,64 +33,127 @@ def machine(device: torch.device) -> str:
     return f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def run_sections(backbone, device, sections, precision):
+def step_specs(args) -> list:
+    """(method, classes, batch) of every step row: each method at ``--batch``, CoCoOp also at ``--cocoop-batch``."""
+    specs = []
+    for classes in args.classes:
+        for method in args.methods:
+            extra = [b for b in args.cocoop_batch if b != args.batch] if method == "cocoop" else []
+            specs += [(method, classes, batch) for batch in [args.batch, *extra]]
+    return specs
+
+
+def step_row(backbone, device, spec, precision: str, repeats: int) -> dict:
+    method, classes, batch = spec
+    try:
+        return speed.learner_step(backbone, device, method, num_classes=classes, batch=batch, precision=precision,
+                                  repeats=repeats)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return {"operation": f"{method}: train step, {classes} classes, batch {batch}, {precision}",
+                "seconds": None, "note": "out of GPU memory"}
+
+
+def isolated_step_row(args, model: str, spec, precision: str) -> dict:
+    """:func:`step_row` in a fresh process, whose peak resident memory is then the row's own."""
+    row = json.dumps({"model": model, "device": args.device, "threads": args.threads, "spec": spec,
+                      "precision": precision, "repeats": args.repeats})
+    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--row", row], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark row {spec} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_row(spec_json: str) -> int:
+    spec = json.loads(spec_json)
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    device = resolve_device(spec["device"])
+    backbone = FrozenCLIP.load(spec["model"], pretrained=None, device=device)
+    print(json.dumps(step_row(backbone, device, tuple(spec["spec"]), spec["precision"], spec["repeats"])))
+    return 0
+
+
+def run_model(args, model: str, device: torch.device) -> list:
+    """Every section but start-up, for one model, at every precision asked for."""
     rows = []
-    if "startup" in sections:
-        rows += speed.cli_startup()
-    if "text" in sections:
+    in_process = {"text", "zeroshot", "cocoop"} & set(args.only) or device.type == "cuda"
+    backbone = FrozenCLIP.load(model, pretrained=None, device=device) if in_process else None
+    if "text" in args.only:
         rows += speed.text_truncation(backbone, device)
-    if "zeroshot" in sections:
-        rows.append(speed.zero_shot_throughput(backbone, device, precision=precision))
-    if "coop" in sections:
-        for classes in (10, 100):
-            rows.append(speed.learner_step(backbone, device, ["coop"], [], "CoOp 16 ctx", classes,
-                                           precision=precision))
-    if "learners" in sections:
-        for label, presets, overrides in speed.LEARNER_STEPS:
-            rows.append(speed.learner_step(backbone, device, presets, overrides, label, precision=precision))
-    if "cocoop" in sections:
+    for precision in dict.fromkeys(resolve_precision(p, device) for p in args.precision):
+        if "zeroshot" in args.only:
+            rows.append(speed.zero_shot_throughput(backbone, device, args.eval_batch, precision, args.repeats))
+        if "steps" in args.only:
+            for spec in step_specs(args):
+                rows.append(isolated_step_row(args, model, spec, precision) if device.type == "cpu" else
+                            step_row(backbone, device, spec, precision, args.repeats))
+    if "cocoop" in args.only:
         rows += speed.cocoop_batched_vs_loop(backbone, device)
     return rows
 
 
+def fmt(value, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
 def to_markdown(rows, header: str) -> str:
-    lines = [header, "", "| operation | seconds | peak memory (MB) | notes |", "|---|---|---|---|"]
+    lines = [header, "", "| operation | seconds | ratio | peak memory (MB) | notes |", "|---|---|---|---|---|"]
     for r in rows:
-        notes = []
+        notes = [r["note"]] if "note" in r else []
         if "images_per_second" in r:
             notes.append(f"{r['images_per_second']:.1f} images/s")
-        if "ratio" in r:
-            notes.append(f"{r['ratio']:.1f}× python -c pass")
+        if "forward_seconds" in r:
+            notes.append(f"image forward {r['forward_seconds']:.3f} s")
+        if r.get("before_mb") is not None:
+            notes.append(f"{r['peak_mb'] - r['before_mb']:+.0f} MB over the {r['before_mb']:.0f} MB before the step")
         if "parameters" in r:
             notes.append(f"{r['parameters']:,} prompt parameters")
-        peak = f"{r['peak_mb']:.0f}" if r.get("peak_mb") is not None else ""
-        lines.append(f"| {r['operation']} | {r['seconds']:.3f} | {peak} | {', '.join(notes)} |")
+        ratio = f"{r['ratio']:.2f}× {r['unit']}" if "ratio" in r else ""
+        lines.append(f"| {r['operation']} | {fmt(r['seconds'], 3)} | {ratio} | {fmt(r.get('peak_mb'), 0)} | "
+                     f"{', '.join(notes)} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="ViT-B-16")
+    parser.add_argument("--model", nargs="+", default=["ViT-B-16"])
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--precision", nargs="+", default=["auto"], choices=("fp32", "bf16", "fp16", "auto"),
+                        help="auto: fp32 on CPU, bf16 (or fp16) on a GPU")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
-    parser.add_argument("--write", metavar="MARKDOWN", help="append the table to this file")
+    parser.add_argument("--methods", nargs="+", choices=speed.METHODS, default=list(speed.METHODS))
+    parser.add_argument("--batch", type=int, default=4, help="training-step batch")
+    parser.add_argument("--cocoop-batch", type=int, nargs="*", default=[],
+                        help="further batches for CoCoOp's step (the reference trains at 1)")
+    parser.add_argument("--classes", type=int, nargs="+", default=[10])
+    parser.add_argument("--eval-batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per row (after one warm-up)")
+    parser.add_argument("--write", metavar="MARKDOWN", help="append the tables to this file")
+    parser.add_argument("--row", help=argparse.SUPPRESS)  # one step row, for isolated_step_row
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.row:
+        return run_row(args.row)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    backbone = FrozenCLIP.load(args.model, pretrained=None, device=device)
-    rows = run_sections(backbone, device, args.only, args.precision)
     command = "python tools/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    header = (f"### {args.model}, {machine(device)}, {datetime.date.today().isoformat()}\n\n"
-              f"Command: `{command.strip()}`")
-    table = to_markdown(rows, header)
-    print(table)
+    today = datetime.date.today().isoformat()
+    tables = []
+    if "startup" in args.only:
+        tables.append(to_markdown(speed.cli_startup(), f"### CLI start-up, {machine(device)}, {today}\n\n"
+                                                       f"Command: `{command.strip()}`"))
+    if set(args.only) - {"startup"}:
+        for model in args.model:
+            tables.append(to_markdown(run_model(args, model, device), f"### {model}, {machine(device)}, {today}\n\n"
+                                                                      f"Command: `{command.strip()}`"))
+    text = "\n".join(tables)
+    print(text)
     if args.write:
         with open(args.write, "a") as f:
-            f.write("\n" + table)
+            f.write("\n" + text)
     return 0
 
 

@@ -55,6 +55,7 @@ def bench_command(args: argparse.Namespace) -> int:
     where = f" (shard {args.shard}: {len(selected)})" if args.shard else ""
     print(f"{protocol.name}: {len(runs)} runs{where} under {root}")
     if args.dry_run:
+        print_weights(selected)
         print_plan(selected)
         return 0
     write_manifest(protocol, runs, root, args.overrides)
@@ -90,6 +91,19 @@ def print_plan(runs: List["RunSpec"]) -> None:
         if state == "other":
             print(f"{'':<9} ! its folder holds a run made with other settings: {'; '.join(config_changes(spec)[:6])}")
     print(", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+
+
+def print_weights(runs: List["RunSpec"]) -> None:
+    """Whether the weights the planned runs need are on this machine (nothing is downloaded)."""
+    from ..backbone import weights_status
+
+    for model, pretrained, cache in dict.fromkeys((r.config.model.name, r.config.model.pretrained,
+                                                   r.config.model.cache_dir) for r in runs):
+        available, where = weights_status(model, pretrained, cache)
+        print(f"weights {model} {pretrained or '(random)'}: {'available, ' if available else 'MISSING: '}{where}")
+        if not available:
+            print("  Runs will fail without a download: see the README's 'Real weights' (fill the cache on a "
+                  "machine with network, or pass model.pretrained=/path/to/file).")
 
 
 def _evaluations_text(spec: "RunSpec") -> str:

@@ -38,13 +38,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .. import linear_probe, runs
-from ..config import (CONFIG_DIR, DEFAULT_TEXT, Config, from_dict, load_yaml, merge, parse_override,
+from ..config import (DEFAULT_TEXT, Config, from_dict, load_yaml, merge, parse_override, preset_dirs,
                       read_yaml_mapping)
 from ..errors import ConfigError
 from ..registry import suggest
 from ..utils import atomic_write_json
 
-PROTOCOL_DIR = CONFIG_DIR / "protocols"
 KINDS = ("few_shot", "base_to_new", "cross_dataset", "domain_generalization")
 PROTOCOL_KEYS = ("kind", "description", "datasets", "shots", "seeds", "subsample", "methods", "config", "rules",
                  "evaluations")
@@ -284,13 +283,15 @@ def parse_protocol(data: dict, name: str, source: str) -> Protocol:
 
 
 def find_protocol(name: str) -> Path:
+    """A protocol file by path, or by name in the ``protocols/`` folder of a preset folder (yours first)."""
     path = Path(name).expanduser()
     if path.is_file():
         return path
-    candidate = PROTOCOL_DIR / f"{name}.yaml"
-    if candidate.is_file():
+    folders = [d / "protocols" for d in preset_dirs()]
+    candidate = next((f / f"{name}.yaml" for f in folders if (f / f"{name}.yaml").is_file()), None)
+    if candidate is not None:
         return candidate
-    known = sorted(p.stem for p in PROTOCOL_DIR.glob("*.yaml"))
+    known = sorted({p.stem for f in folders for p in f.glob("*.yaml")})
     raise ConfigError(f"No protocol file or protocol named {name!r}.{suggest(name, known)} "
                       f"Protocols: {', '.join(known)}.")
 

@@ -9,10 +9,14 @@ planned run, so runs still missing are named and never silently averaged over) o
   comes from the averaged B and N, as the papers compute it;
 - cross-dataset / domain generalization: the source dataset, each target, and the average over the targets.
 
+Every run contributes every metric it has (``EVALUATION_METRICS`` of its test and evaluations, ``RUN_METRICS`` of
+the run); each entry of ``SUMMARY_METRICS`` adds a table of that metric after the protocol's own.
+
 A cell is ``mean ± std`` (population std over seeds, as the reference scripts print it); ``†`` marks a cell with
 fewer seeds than planned; an average needs every dataset. Published numbers (``published.py``) appear beside ours
 with the difference (ours − published) when the runs used the published backbone with OpenAI weights. Outputs:
-``report.md``, one CSV per protocol (long format), and PNG plots when matplotlib is installed (extra ``plot``).
+``report.md``, per protocol a CSV of the table cells and ``<protocol>-runs.csv`` with every value of every run (the
+long table the tables are pivots of), and PNG plots when matplotlib is installed (extra ``plot``).
 """
 from __future__ import annotations
 
@@ -35,9 +39,27 @@ DAGGER = "†"
 
 
 # ------------------------------------------------------------------------------------------------ collecting
+#: metrics read from a result or evaluation file: name → how to read it (add a metric here and it is in every table
+#: of ``SUMMARY_METRICS`` and in the long CSV)
+EVALUATION_METRICS: Dict[str, Callable[[dict], Optional[float]]] = {
+    "accuracy": lambda d: d.get("test", {}).get("accuracy"),
+    "macro_f1": lambda d: d.get("test", {}).get("macro_f1"),
+}
+#: metrics of the training run itself (not of an evaluation)
+RUN_METRICS: Dict[str, Callable[[dict], Optional[float]]] = {
+    "parameters": lambda d: d.get("num_parameters"),
+    "train_seconds": lambda d: d.get("train_seconds"),
+}
+#: metrics shown in a table of their own after each protocol's accuracy table: name → (title, cell format)
+SUMMARY_METRICS = {"macro_f1": ("Macro-F1 (%)", "{:.2f}"), "parameters": ("Learned parameters", "{:,.0f}"),
+                   "train_seconds": ("Training time (s)", "{:.1f}")}
+RUN = ("", "")  # the (target, classes) key of run metrics
+
+
 @dataclass
 class Record:
-    """A planned or found run: its accuracy and its evaluations' (None where missing)."""
+    """A planned or found run and every metric it has: ``values[(target dataset, classes, metric)]`` (None where
+    missing). Its own test is ``(dataset, subsample)``; evaluations add other keys; run metrics use ``RUN``."""
 
     id: str
     method: str
@@ -47,9 +69,36 @@ class Record:
     seed: int
     model: str
     pretrained: Optional[str]
-    accuracy: Optional[float]
-    evals: Dict[Tuple[str, str], Optional[float]] = field(default_factory=dict)  # (dataset, subsample) → acc
+    values: Dict[Tuple[str, str, str], Optional[float]] = field(default_factory=dict)
     problems: List[str] = field(default_factory=list)  # why a result present on disk is not used
+
+    def get(self, metric: str = "accuracy", target: Optional[str] = None, classes: Optional[str] = None
+            ) -> Optional[float]:
+        """A metric of the run's own test (default), of an evaluation (``target``, ``classes``), or of the run."""
+        if metric in RUN_METRICS:
+            return self.values.get((*RUN, metric))
+        return self.values.get((target or self.dataset, classes or self.subsample, metric))
+
+    @property
+    def accuracy(self) -> Optional[float]:
+        return self.get()
+
+    @property
+    def evaluations(self) -> List[Tuple[str, str]]:
+        """The (dataset, classes) this run's prompts were (or are to be) evaluated on besides its own test."""
+        own = (self.dataset, self.subsample)
+        return _unique((t, c) for t, c, _ in self.values if (t, c) not in (own, RUN))
+
+    def add(self, target: str, classes: str, data: Optional[dict], metrics=EVALUATION_METRICS) -> None:
+        for name, read in metrics.items():
+            self.values[(target, classes, name)] = read(data) if data is not None else None
+
+    def long(self) -> List[dict]:
+        """One row per value: the long-format table every report table is a pivot of."""
+        return [{"run": self.id, "method": self.method, "dataset": self.dataset, "subsample": self.subsample,
+                 "shots": self.shots, "seed": self.seed, "model": self.model, "pretrained": self.pretrained or "",
+                 "target": target, "classes": classes, "metric": metric, "value": "" if value is None else value}
+                for (target, classes, metric), value in self.values.items()]
 
 
 @dataclass
@@ -65,13 +114,9 @@ class Sweep:
             lines += [f"{r.id}: {problem}" for problem in r.problems]
             if r.accuracy is None and not r.problems:
                 lines.append(f"{r.id}: not finished")
-            lines += [f"{r.id}: evaluation on {d} ({s} classes) missing" for (d, s), acc in r.evals.items()
-                      if acc is None and r.accuracy is not None]
+            lines += [f"{r.id}: evaluation on {d} ({s} classes) missing" for d, s in r.evaluations
+                      if r.get("accuracy", d, s) is None and r.accuracy is not None]
         return lines
-
-
-def _accuracy(data: Optional[dict]) -> Optional[float]:
-    return data["test"]["accuracy"] if data and "test" in data else None
 
 
 def _read(path: Path, what: str, problems: List[str], fingerprint: Optional[str] = None) -> Optional[dict]:
@@ -87,16 +132,24 @@ def _read(path: Path, what: str, problems: List[str], fingerprint: Optional[str]
     return data
 
 
+def _record(run_id: str, identity: dict, result: Optional[dict], problems: List[str]) -> Record:
+    record = Record(run_id, identity["method"], identity["dataset"], identity["subsample"], identity["shots"],
+                    identity["seed"], identity["model"], identity.get("pretrained"), problems=problems)
+    record.add(record.dataset, record.subsample, result)
+    record.add(*RUN, result, RUN_METRICS)
+    return record
+
+
 def _from_manifest(path: Path) -> Sweep:
     data = runs.read_manifest(path)
     records = []
     for run in data["runs"]:
         problems: List[str] = []
         result = _read(run["path"] / runs.RESULT, "a run's result", problems, run.get("fingerprint"))
-        evals = {(e["dataset"], e["subsample"]): _accuracy(_read(e["path"], "an evaluation result", problems))
-                 for e in run["evaluations"]}
-        records.append(Record(run["id"], run["method"], run["dataset"], run["subsample"], run["shots"], run["seed"],
-                              run["model"], run["pretrained"], _accuracy(result), evals, problems))
+        record = _record(run["id"], run, result, problems)
+        for e in run["evaluations"]:
+            record.add(e["dataset"], e["subsample"], _read(e["path"], "an evaluation result", problems))
+        records.append(record)
     return Sweep(data["protocol"], data["kind"], data.get("description", ""), records)
 
 
@@ -113,15 +166,13 @@ def _from_results(root: Path) -> Tuple[List[Sweep], List[str]]:
         if result is None:
             unreadable += [f"{run_id}: {problem}" for problem in problems]
             continue
-        evals = {}
+        record = _record(run_id, result, result, problems)
         for file in sorted((path.parent / runs.EVALS).glob("*.json")):
             evaluation = _read(file, "an evaluation result", problems)
             if evaluation is not None:
-                key = (evaluation.get("label", evaluation.get("dataset")), evaluation.get("subsample", "all"))
-                evals[key] = _accuracy(evaluation)
-        records.append(Record(run_id, result["method"], result["dataset"], result["subsample"], result["shots"],
-                              result["seed"], result["model"], result.get("pretrained"), _accuracy(result), evals,
-                              problems))
+                record.add(evaluation.get("label", evaluation.get("dataset")), evaluation.get("subsample", "all"),
+                           evaluation)
+        records.append(record)
     groups = _group(records, lambda r: (_infer_kind([r]), r.model, r.pretrained, r.subsample))
     if len(groups) == 1:
         ((kind, *_), members), = groups.items()
@@ -133,9 +184,9 @@ def _from_results(root: Path) -> Tuple[List[Sweep], List[str]]:
 
 
 def _infer_kind(records: Sequence[Record]) -> str:
-    if any((r.dataset, "new") in r.evals for r in records):
+    if any((r.dataset, "new") in r.evaluations for r in records):
         return "base_to_new"
-    targets = {d for r in records for (d, s) in r.evals if d != r.dataset}
+    targets = {d for r in records for (d, s) in r.evaluations if d != r.dataset}
     if targets:
         return "domain_generalization" if {canonical(d) for d in targets} <= set(SHIFTS) else "cross_dataset"
     return "few_shot"
@@ -282,7 +333,7 @@ def base_to_new_table(sweep: Sweep) -> Tuple[Table, dict]:
         means: Dict[str, Tuple[float, float]] = {}
         for d in datasets:
             mine = [r for r in rows if r.dataset == d]
-            base, new = stat([r.accuracy for r in mine]), stat([r.evals.get((d, "new")) for r in mine])
+            base, new = stat([r.accuracy for r in mine]), stat([r.get("accuracy", d, "new") for r in mine])
             h = harmonic(base.mean, new.mean) if base and new else None
             if base and new:
                 means[d] = (base.mean, new.mean)
@@ -317,14 +368,14 @@ def _b2n_row(table: Table, sweep: Sweep, method: str, shots: int, dataset: str,
 
 def transfer_table(sweep: Sweep) -> Tuple[Table, dict]:
     """Rows (method, source); columns the source, each target and the average over the targets."""
-    targets = _unique(d for r in sweep.records for (d, s) in r.evals if s == "all" and d != r.dataset)
+    targets = _unique(d for r in sweep.records for (d, s) in r.evaluations if s == "all" and d != r.dataset)
     compare_average = sweep.kind == "cross_dataset" and {canonical(d) for d in targets} == set(ELEVEN[1:])
     title = "Cross-dataset transfer" if sweep.kind == "cross_dataset" else "Domain generalization"
     table = Table(f"{title}: test accuracy (%)", ["method", "shots", "source", "source acc", *targets,
                                                   "average (targets)"])
     for (method, shots, source), rows in _group(sweep.records, lambda r: (r.method, r.shots, r.dataset)).items():
         cells = {source: stat([r.accuracy for r in rows])}
-        cells.update({t: stat([r.evals.get((t, "all")) for r in rows]) for t in targets})
+        cells.update({t: stat([r.get("accuracy", t, "all") for r in rows]) for t in targets})
         means = [cells[t].mean for t in targets if cells[t] is not None]
         average = sum(means) / len(means) if means and len(means) == len(targets) else None
         table.rows.append([method, str(shots), source, *[c.text() if c else "—" for c in cells.values()],
@@ -341,6 +392,18 @@ def transfer_table(sweep: Sweep) -> Tuple[Table, dict]:
                       for d, c in cells.items()]
         table.csv.append(_csv_row(sweep, method, shots, AVERAGE, "accuracy", None, average, published[AVERAGE]))
     return table, {}
+
+
+def metric_table(sweep: Sweep, metric: str) -> Optional[Table]:
+    """The mean over seeds of ``metric`` (of each run's own test, or of the run): rows (method, shots), columns the
+    datasets; None when no run has it."""
+    title, cell = SUMMARY_METRICS[metric]
+    datasets = _unique(r.dataset for r in sweep.records)
+    table = Table(title, ["method", "shots", *datasets])
+    for (method, shots), rows in _group(sweep.records, lambda r: (r.method, r.shots)).items():
+        cells = [stat([r.get(metric) for r in rows if r.dataset == d]) for d in datasets]
+        table.rows.append([method, str(shots), *[cell.format(c.mean) if c else "—" for c in cells]])
+    return table if any(r.get(metric) is not None for r in sweep.records) else None
 
 
 TABLES = {"few_shot": few_shot_table, "base_to_new": base_to_new_table, "cross_dataset": transfer_table,
@@ -453,12 +516,16 @@ def write_report(directory: Path, out: Optional[Path] = None, plots: bool = True
         lines += [f"Backbone: {', '.join(models)}. Cells: mean ± std over seeds; {DAGGER} fewer seeds than planned. "
                   "Published numbers are shown only for runs on the published backbone with OpenAI weights; "
                   "\"as recalled\" ones are not yet checked against the papers.", "", table.markdown(), ""]
-        csv_path = out / f"{sweep.name}.csv"
-        with csv_path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(table.csv[0]) if table.csv else ["protocol"])
-            writer.writeheader()
-            writer.writerows(table.csv)
-        report.csvs.append(csv_path)
+        for metric in SUMMARY_METRICS:
+            extra = metric_table(sweep, metric)
+            lines += [extra.markdown(), ""] if extra is not None else []
+        long = [row for r in sweep.records for row in r.long()]
+        for path, rows in ((out / f"{sweep.name}.csv", table.csv), (out / f"{sweep.name}-runs.csv", long)):
+            with path.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["protocol"])
+                writer.writeheader()
+                writer.writerows(rows)
+            report.csvs.append(path)
         if can_plot and sweep.kind in PLOTS:
             paths = PLOTS[sweep.kind](plot_data, out, sweep.name)
             report.plots += paths

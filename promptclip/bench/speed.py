@@ -1,10 +1,11 @@
-"""Speed and memory of the core operations on a real-size backbone (random weights), for docs/benchmarks.md."""
+"""Speed and memory of training steps, evaluation and start-up on a real-size backbone (random weights), for
+docs/benchmarks.md (run by tools/benchmark.py)."""
 from __future__ import annotations
 
 import resource
 import statistics
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -62,44 +63,73 @@ def text_truncation(backbone: FrozenCLIP, device, prompts: int = 100) -> List[Di
     return rows
 
 
-def learner_step(backbone: FrozenCLIP, device, presets: List[str], overrides: List[str], label: str,
-                 num_classes: int = 10, batch: int = 8, precision: str = "fp32") -> Dict:
-    """One forward + backward + SGD step of a method on random images."""
-    cfg = build_config(presets, ["data.root=/tmp", *overrides])
-    model = build_model(cfg, backbone, fake_dataset(num_classes)).to(device)
+#: the method presets whose training step is timed
+METHODS = ("coop", "cocoop", "maple", "ivlp", "vpt_deep_clip", "vpt_shallow", "vfpt", "dapt")
+
+
+def learner_step(backbone: FrozenCLIP, device, preset: str, overrides: Sequence[str] = (), num_classes: int = 10,
+                 batch: int = 4, precision: str = "fp32", repeats: int = 3) -> Dict:
+    """One training step of a method preset on random images (forward, loss, backward, SGD step; fp16 with a grad
+    scaler): median seconds, and the median ratio to the plain image-tower forward (no prompts, no gradient) of the
+    same batch, each step timed right after one such forward so that the ratio survives a noisy machine. Memory:
+    before the first forward and at the peak (GPU: allocated tensors; CPU: the process's peak resident set, the row's
+    own only in a fresh process)."""
+    cfg = build_config([preset], ["data.root=/tmp", *overrides])
+    model = build_model(cfg, backbone, fake_dataset(num_classes)).to(device).train()
     for loss in model.losses.values():  # DAPT prototypes: random stand-ins (a step costs the same)
         if hasattr(loss, "prototypes"):
             loss.prototypes = torch.nn.functional.normalize(torch.randn(num_classes, backbone.embed_dim), dim=-1).to(device)
     params = model.trainable_parameters()
     optimizer = torch.optim.SGD(params, lr=1e-3)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     images = torch.randn(batch, 3, backbone.image_size, backbone.image_size, device=device)
     labels = torch.randint(0, num_classes, (batch,), device=device)
 
+    def forward():
+        with torch.no_grad():
+            _encode(backbone, images, device, precision)
+
     def step():
         with autocast(device, precision):
-            out = model(images, labels)
-        out.loss.backward()
-        optimizer.step()
+            loss = model(images, labels).loss
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
+    before = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else peak_memory_mb(device)
     reset_peak(device)
-    seconds = timed(step, device, repeats=2)
-    return {"operation": f"{label}: train step, {num_classes} classes, batch {batch}, {precision}",
-            "seconds": seconds, "peak_mb": peak_memory_mb(device),
-            "parameters": sum(p.numel() for p in params)}
+    pairs = [(timed(forward, device, 1, warmup=int(i == 0)), timed(step, device, 1, warmup=int(i == 0)))
+             for i in range(repeats)]
+    return {"operation": f"{preset}: train step, {num_classes} classes, batch {batch}, {precision}",
+            "seconds": statistics.median(s for _, s in pairs), "ratio": statistics.median(s / f for f, s in pairs),
+            "unit": "image forward", "forward_seconds": statistics.median(f for f, _ in pairs),
+            "before_mb": before, "peak_mb": peak_memory_mb(device), "parameters": sum(p.numel() for p in params)}
 
 
-def zero_shot_throughput(backbone: FrozenCLIP, device, batch: int = 32, precision: str = "fp32") -> Dict:
+def zero_shot_throughput(backbone: FrozenCLIP, device, batch: int = 32, precision: str = "fp32",
+                         repeats: int = 3) -> Dict:
+    """Evaluation throughput of the image tower (what zero-shot, CoOp and CoCoOp evaluation run per image)."""
     images = torch.randn(batch, 3, backbone.image_size, backbone.image_size, device=device)
+    reset_peak(device)
     with torch.no_grad():
-        seconds = timed(lambda: _encode(backbone, images, device, precision), device)
-    return {"operation": f"zero-shot evaluation, image tower, batch {batch}, {precision}",
-            "seconds": seconds, "images_per_second": batch / seconds}
+        seconds = timed(lambda: _encode(backbone, images, device, precision), device, repeats)
+    return {"operation": f"evaluation, image tower, batch {batch}, {precision}", "seconds": seconds,
+            "images_per_second": batch / seconds, "peak_mb": _gpu_peak(device)}
 
 
 def _encode(backbone, images, device, precision):
     with autocast(device, precision):
         return backbone.encode_image(images)
+
+
+def _gpu_peak(device) -> Optional[float]:
+    """Peak GPU memory since the last reset; None on CPU, where the process's peak covers every earlier row too."""
+    return peak_memory_mb(device) if device.type == "cuda" else None
 
 
 def cocoop_batched_vs_loop(backbone: FrozenCLIP, device, num_classes: int = 10, batch: int = 8) -> List[Dict]:
@@ -118,20 +148,8 @@ def cocoop_batched_vs_loop(backbone: FrozenCLIP, device, num_classes: int = 10, 
     for label, fn in (("batched B×C", batched), ("per-image loop", loop)):
         reset_peak(device)
         rows.append({"operation": f"CoCoOp text side fwd+bwd, {label}, {num_classes} classes, batch {batch}",
-                     "seconds": timed(fn, device, repeats=2), "peak_mb": peak_memory_mb(device)})
+                     "seconds": timed(fn, device, repeats=2), "peak_mb": _gpu_peak(device)})
     return rows
-
-
-#: (label, presets, overrides) of the learner step benchmarks
-LEARNER_STEPS = [
-    ("CoOp 16 ctx", ["coop"], []),
-    ("CoCoOp 4 ctx", ["cocoop"], []),
-    ("MaPLe 2 ctx depth 9", ["maple"], []),
-    ("IVLP 2+2 depth 12", ["ivlp"], []),
-    ("VPT-deep 8 tokens (deep vision prompting)", ["vpt_deep_clip"], []),
-    ("VFPT: VPT-deep 16 tokens, half Fourier", ["vfpt"], []),
-    ("DAPT (CoOp 16 + VPT 16 + losses)", ["dapt"], []),
-]
 
 
 STARTUP_COMMANDS = (("promptclip --help", ["--help"]), ("promptclip train --help", ["train", "--help"]),
@@ -156,12 +174,12 @@ def cli_startup(repeats: int = 5) -> List[Dict]:
 
     with tempfile.TemporaryDirectory() as empty:
         base = wall(["-c", "pass"])
-        rows = [{"operation": "start-up: python -c pass", "seconds": base, "ratio": 1.0},
+        rows = [{"operation": "start-up: python -c pass", "seconds": base},
                 {"operation": "start-up: python -c 'import torch, open_clip'",
                  "seconds": wall(["-c", "import torch, open_clip"])}]
         for label, argv in STARTUP_COMMANDS:
             rows.append({"operation": f"start-up: {label}",
                          "seconds": wall(["-m", "promptclip", *(a.format(empty=empty) for a in argv)])})
     for row in rows:
-        row["ratio"] = row["seconds"] / base
+        row["ratio"], row["unit"] = row["seconds"] / base, "python -c pass"
     return rows

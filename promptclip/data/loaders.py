@@ -1,7 +1,13 @@
-"""CLIP's transforms and the loaders that read items, naming any image that cannot be read."""
+"""CLIP's transforms, the training views, and the loaders that read items, naming any image that cannot be read.
+
+A *view* is one augmentation of every training image. Each item's augmentation in a view is seeded by (run seed,
+view, image path) alone, never by a shared random stream, so any loader order, a resumed run and a feature cache
+all see the same crops and flips.
+"""
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+import hashlib
+from typing import Callable, List, Optional, Sequence
 
 import torch
 from PIL import Image
@@ -41,30 +47,53 @@ def open_image(path: str) -> Image.Image:
                         f"`promptclip data check ROOT --verify` lists every unreadable image.") from None
 
 
-class ImageItems(torch.utils.data.Dataset):
-    """Items → (image tensor, label)."""
+def view_index(epoch: int, views: int) -> int:
+    """The view an epoch trains on: its own (``views`` 0, a fresh view every epoch) or ``epoch mod views``."""
+    return epoch % views if views else epoch
 
-    def __init__(self, items: Sequence[Item], transform: Callable):
+
+def view_seeds(items: Sequence[Item], seed: int, view: int) -> List[int]:
+    """Each item's augmentation seed in ``view``: a function of (run seed, view, image path) only."""
+    return [int.from_bytes(hashlib.sha256(f"{seed}\t{view}\t{item.path}".encode()).digest()[:8], "little")
+            for item in items]
+
+
+class ImageItems(torch.utils.data.Dataset):
+    """Items → (image tensor, label); with ``seeds``, item ``i``'s random transform draws from ``seeds[i]`` (the
+    global random stream is left as it was)."""
+
+    def __init__(self, items: Sequence[Item], transform: Callable, seeds: Optional[Sequence[int]] = None):
         self.items = list(items)
         self.transform = transform
+        self.seeds = seeds
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int):
         item = self.items[index]
-        return self.transform(open_image(item.path)), item.label
+        image = open_image(item.path)
+        if self.seeds is None:
+            return self.transform(image), item.label
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(self.seeds[index])
+            return self.transform(image), item.label
 
 
-def train_loader(items: Sequence[Item], transform: Callable, batch_size: int, generator: torch.Generator,
-                 num_workers: int = 0, sampler=None) -> DataLoader:
-    """Shuffled batches; the last partial batch is dropped only when at least one full batch exists (so a
-    1-shot split still trains)."""
-    if not items:
+def train_batches(num_items: int, batch_size: int, generator: torch.Generator, sampler=None) -> List[List[int]]:
+    """An epoch's shuffled batches of item indices (``sampler``: this process's share under DDP); the last partial
+    batch is dropped only when at least one full batch exists (so a 1-shot split still trains)."""
+    if not num_items:
         raise DataError("The training split is empty: check data.root and data.shots.")
-    return DataLoader(ImageItems(items, transform), batch_size=batch_size, shuffle=sampler is None,
-                      sampler=sampler, generator=generator if sampler is None else None, num_workers=num_workers,
-                      drop_last=len(items) >= batch_size, persistent_workers=False)
+    order = list(sampler) if sampler is not None else torch.randperm(num_items, generator=generator).tolist()
+    stop = len(order) - len(order) % batch_size if num_items >= batch_size else len(order)
+    return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
+
+
+def image_loader(items: Sequence[Item], transform: Callable, batches: Sequence[Sequence[int]], num_workers: int = 0,
+                 seeds: Optional[Sequence[int]] = None) -> DataLoader:
+    """The images of ``items`` in the given batches of indices (``seeds``: see :class:`ImageItems`)."""
+    return DataLoader(ImageItems(items, transform, seeds), batch_sampler=batches, num_workers=num_workers)
 
 
 def eval_loader(items: Sequence[Item], transform: Callable, batch_size: int, num_workers: int = 0,

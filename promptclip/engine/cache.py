@@ -7,8 +7,10 @@ size and mtime, or a hash of the parameters for random or hub weights), the tran
 every item's path, label, file size and mtime. A changed backbone, transform or image gives another key, so a stale
 entry is never read.
 
-Only deterministic features are cached: the test transform, or one seeded pass with the training transform where a
-single pass is the definition (DAPT's prototypes).
+Only deterministic features are cached: the test transform; a training *view*, whose every crop and flip is seeded
+by (run seed, view, image path) (:class:`TrainingViews`: the key is the view, not the method, so every method that
+leaves the image tower alone shares it); or one seeded pass with the training transform where a single pass is the
+definition (DAPT's prototypes).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import logging
 import os
 import weakref
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -28,12 +30,13 @@ from tqdm.auto import tqdm
 
 from ..backbone import FrozenCLIP, normalize
 from ..data.base import Item
-from ..data.loaders import eval_loader, transform_for, transform_signature
+from ..data.loaders import eval_loader, image_loader, transform_for, transform_signature, view_index, view_seeds
 from ..utils import atomic_write_bytes
 from .precision import autocast
 
 log = logging.getLogger("promptclip")
 CACHE_VERSION = 1
+VIEW_RULE = 1  # how a view seeds its items (data.loaders.view_seeds); part of a view's key
 Features = Tuple[torch.Tensor, torch.Tensor]  # ([N, E] normalised float32 features, [N] labels), item order
 
 _parameter_digests: "weakref.WeakKeyDictionary[FrozenCLIP, str]" = weakref.WeakKeyDictionary()
@@ -163,3 +166,72 @@ def single_pass_features(backbone: FrozenCLIP, cache_dir: os.PathLike, seed: int
         return FeatureCache(cache_dir).get(key, items, compute, note=f"{backbone.name} one training-transform pass")
 
     return image_features
+
+
+class TrainingViews:
+    """Frozen features of the training items' views, one view per epoch (``views`` > 0: ``epoch mod views``), for
+    methods that do not prompt the image tower. Without ``augment`` every view is the test-transform one.
+
+    ``cache_dir`` None computes the same features without storing them. Features are encoded in item order in chunks
+    of ``batch_size``; under DDP (``distributed``) the processes encode alternate chunks and share them.
+    """
+
+    def __init__(self, backbone: FrozenCLIP, items: Sequence[Item], seed: int, views: int, augment: bool,
+                 batch_size: int, num_workers: int, device: torch.device, precision: str,
+                 cache_dir: Optional[os.PathLike] = None, progress: bool = True, distributed=None):
+        self.backbone, self.items, self.seed, self.views, self.augment = backbone, list(items), seed, views, augment
+        self.batch_size, self.num_workers, self.device, self.precision = batch_size, num_workers, device, precision
+        self.cache = FeatureCache(cache_dir) if cache_dir is not None else None
+        self.progress, self.distributed = progress, distributed
+        self.transform = transform_for(backbone, train=augment)
+        self.last: Optional[Tuple[str, Features]] = None  # the latest view (without augment, every epoch's)
+
+    def key(self, view: int) -> str:
+        if not self.augment:  # the one deterministic view: the key of frozen_features (shared with the linear probe)
+            return feature_key(self.backbone, self.items, transform_signature(self.backbone, train=False),
+                               self.precision)
+        signature = f"{transform_signature(self.backbone, train=True)}-views{VIEW_RULE}-seed-{self.seed}-view-{view}"
+        return feature_key(self.backbone, self.items, signature, self.precision)
+
+    def features(self, epoch: int, indices: Optional[Sequence[int]] = None) -> Features:
+        """Features ``[N, E]`` and labels ``[N]`` of every item under ``epoch``'s view. With ``indices`` (an epoch cut
+        short by ``train.max_steps_per_epoch``) only those rows are encoded, by this process and not cached; the
+        other rows are zero."""
+        view = view_index(epoch, self.views)
+        if indices is not None:
+            rows = sorted(indices)
+            part, _ = self._encode(view, [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)])
+            features = torch.zeros(len(self.items), part.shape[1])
+            features[rows] = part
+            return features, torch.tensor([item.label for item in self.items])
+        key = self.key(view)
+        if self.last is not None and self.last[0] == key:
+            return self.last[1]
+        found = self.cache.load(key, self.items) if self.cache is not None else None
+        if self.distributed is not None and self.cache is not None:  # encode together unless every process has it
+            found = found if bool(self.distributed.gather(torch.tensor([found is not None]))[0].all()) else None
+        if found is not None:
+            log.debug("Feature cache hit %s (view %d).", key, view)
+            self.last = key, found
+            return found
+        chunks = [list(range(i, min(i + self.batch_size, len(self.items))))
+                  for i in range(0, len(self.items), self.batch_size)]
+        rank, world = (self.distributed.rank, self.distributed.world_size) if self.distributed else (0, 1)
+        features, labels = self._encode(view, chunks[rank::world])
+        if self.distributed is not None:
+            order = torch.tensor([i for chunk in chunks[rank::world] for i in chunk], dtype=torch.long)
+            gathered, gathered_labels, order = self.distributed.gather(features, labels, order)
+            features, labels = torch.empty_like(gathered), torch.empty_like(gathered_labels)
+            features[order], labels[order] = gathered, gathered_labels
+        if self.cache is not None and (self.distributed is None or self.distributed.is_main):
+            self.cache.save(key, features, labels, note=f"{self.backbone.name} view {view} of {len(self.items)} items")
+        self.last = key, (features, labels)
+        return features, labels
+
+    def _encode(self, view: int, batches: List[List[int]]) -> Features:
+        if not batches:  # more processes than chunks
+            return torch.zeros(0, self.backbone.embed_dim), torch.zeros(0, dtype=torch.long)
+        seeds = view_seeds(self.items, self.seed, view) if self.augment else None
+        loader = image_loader(self.items, self.transform, batches, self.num_workers, seeds)
+        return encode_loader(self.backbone, loader, self.device, self.precision, f"view {view} features",
+                             self.progress)

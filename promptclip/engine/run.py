@@ -1,12 +1,14 @@
 """One run, start to finish: config → data → model → train → save prompts → evaluate → ``result.json``.
 
 The run folder's layout, file names and identity belong to :mod:`promptclip.runs`. A finished run is reused and an
-interrupted one resumed only for the same settings; one process at a time writes a run folder.
+interrupted one resumed only for the same settings; one process at a time writes a run folder, and appends the run's
+log lines to its ``log.txt``.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import logging.handlers
 import shutil
 import time
 from pathlib import Path
@@ -26,11 +28,11 @@ from ..learners.base import build_learner
 from ..losses import LOSSES, PrepareContext
 from ..model import PromptedCLIP
 from ..utils import atomic_write_json, seed_everything, versions
-from .cache import feature_loader, frozen_features, single_pass_features
+from .cache import TrainingViews, feature_loader, frozen_features, single_pass_features
 from .evaluate import metrics_from_predictions, predict_loader
 from .precision import resolve_device, resolve_precision
 from .prompts import load_prompts, save_prompts
-from .trainer import train
+from .trainer import console_through_bars, show_bars, train
 
 log = logging.getLogger("promptclip")
 
@@ -59,11 +61,13 @@ def load_backbone(cfg: Config, device: torch.device) -> FrozenCLIP:
 
 
 def run(cfg: Config, progress: bool = True, on_epoch_end: Optional[Callable[[int], None]] = None,
-        backbone: Optional[FrozenCLIP] = None, distributed=None, replace: bool = False) -> dict:
+        backbone: Optional[FrozenCLIP] = None, distributed=None, replace: bool = False,
+        cache_views: bool = True) -> dict:
     """Train and evaluate one configuration; returns (and writes) its result.
 
     A finished run with the same settings is read back; an interrupted one resumes. A folder holding a run made with
     other settings is an error (``replace=True`` deletes that run first). The main process holds the run's lock.
+    ``cache_views=False`` computes the frozen features of training views without storing them (same result).
     """
     if cfg.text is None:
         raise ConfigError("No text learner: set text.name (coop, zeroshot, ...) or use a preset (-c coop).")
@@ -77,12 +81,38 @@ def run(cfg: Config, progress: bool = True, on_epoch_end: Optional[Callable[[int
             log.info("%s already finished on %s with these settings; reusing its result.", run_dir,
                      state.result.get("finished_at", "an earlier date"))
             return state.result
-        try:
-            return _run(cfg, run_dir, identity, is_main, progress, on_epoch_end, backbone, distributed)
-        except TrainingError as err:
-            if is_main and (run_dir / runs.IDENTITY).is_file():
-                atomic_write_json(run_dir / runs.FAILED, {"error": str(err), "at": runs.now()})
-            raise
+        with _run_log(run_dir if is_main else None) as own, console_through_bars(show_bars(progress)):
+            try:
+                return _run(cfg, run_dir, identity, is_main, progress, on_epoch_end, backbone, distributed, own,
+                            cache_views)
+            except TrainingError as err:
+                if is_main and (run_dir / runs.IDENTITY).is_file():
+                    atomic_write_json(run_dir / runs.FAILED, {"error": str(err), "at": runs.now()})
+                raise
+
+
+@contextlib.contextmanager
+def _run_log(run_dir: Optional[Path]):
+    """Yields ``own()``: from then on (the folder belongs to the run) the run's log lines, with those held back
+    before it, are appended to ``run_dir/log.txt`` with timestamps. ``run_dir`` None (not the main process): none."""
+    held = logging.handlers.MemoryHandler(capacity=1, flushOnClose=False)  # holds lines until it has a target
+
+    def own() -> None:
+        if run_dir is not None:
+            target = logging.FileHandler(run_dir / runs.LOG, mode="a", encoding="utf-8")
+            target.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+            held.setTarget(target)
+            held.flush()
+
+    if run_dir is not None:
+        log.addHandler(held)
+    try:
+        yield own
+    finally:
+        log.removeHandler(held)
+        if held.target is not None:
+            held.target.close()
+        held.close()
 
 
 def _claim(run_dir: Path, identity: runs.Identity, replace: bool, distributed) -> runs.RunState:
@@ -125,9 +155,11 @@ def _claim(run_dir: Path, identity: runs.Identity, replace: bool, distributed) -
 
 
 def _run(cfg: Config, run_dir: Path, identity: runs.Identity, is_main: bool, progress: bool,
-         on_epoch_end: Optional[Callable[[int], None]], backbone: Optional[FrozenCLIP], distributed) -> dict:
+         on_epoch_end: Optional[Callable[[int], None]], backbone: Optional[FrozenCLIP], distributed,
+         own: Callable[[], None], cache_views: bool) -> dict:
     device = distributed.device if distributed is not None else resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
+    bars = show_bars(progress)
     seed_everything(cfg.seed)
     started = time.time()
     dataset = prepare_data(cfg, split_dir=run_dir)
@@ -136,7 +168,8 @@ def _run(cfg: Config, run_dir: Path, identity: runs.Identity, is_main: bool, pro
         if not is_main:
             return {}
         runs.write_identity(run_dir, identity, to_yaml(cfg))
-        fields = linear_probe.fit_linear_probe(cfg, backbone, dataset, device, precision, run_dir, progress)
+        own()
+        fields = linear_probe.fit_linear_probe(cfg, backbone, dataset, device, precision, run_dir, bars)
         return _finish(run_dir, cfg, identity, dataset, {**fields, "train_seconds": round(time.time() - started, 2)})
     model = build_model(cfg, backbone, dataset).to(device)
     log.info("%s on %s (%d classes, %d training images): %s", cfg.method_name, dataset.name,
@@ -147,21 +180,25 @@ def _run(cfg: Config, run_dir: Path, identity: runs.Identity, is_main: bool, pro
                                  cache_dir=Path(cfg.output.cache_dir),
                                  cache_key=_draw_key(cfg, dataset), device=device,
                                  image_features=single_pass_features(backbone, cfg.output.cache_dir, cfg.seed,
-                                                                     device, precision, progress))
+                                                                     device, precision, bars))
         for loss in model.losses.values():
             loss.prepare(context)
     if is_main:  # everything loaded: from here on the folder belongs to these settings
         runs.write_identity(run_dir, identity, to_yaml(cfg))
+        own()
     last = {}
     if cfg.train.epochs > 0 and not model.trainable_parameters():
         log.info("%s has no parameters to train: evaluating only.", cfg.method_name)
     elif cfg.train.epochs > 0:
-        last = train(model, dataset.train, cfg, device, precision, run_dir, progress, on_epoch_end,
+        views = None if model.prompts_vision else TrainingViews(
+            backbone, dataset.train, cfg.seed, cfg.train.views, cfg.data.augment, cfg.train.eval_batch_size,
+            cfg.data.num_workers, device, precision, cfg.output.cache_dir if cache_views else None, bars, distributed)
+        last = train(model, dataset.train, cfg, device, precision, run_dir, progress, on_epoch_end, views=views,
                      **(distributed.train_hooks(dataset.train, cfg) if distributed is not None else {}))
     fields = {"num_parameters": sum(p.numel() for p in model.trainable_parameters()), "train_loss": last.get("loss"),
               "train_seconds": round(time.time() - started, 2)}
     if cfg.train.evaluate:  # every process evaluates its shard when distributed
-        fields["test"] = evaluate_model(model, dataset, cfg, device, precision, progress, distributed=distributed)
+        fields["test"] = evaluate_model(model, dataset, cfg, device, precision, bars, distributed=distributed)
     if not is_main:
         return {}
     save_prompts(model, run_dir, cfg.method_name, {"dataset": dataset.name, "subsample": cfg.data.subsample})
@@ -283,7 +320,7 @@ def evaluate_run(run_dir: Union[str, Path], overrides: Sequence[str] = (), progr
         model = load_prompts(run_dir, load_backbone(cfg, device), device)
         dataset = prepare_data(cfg, shots=0, split_dir=run_dir)
         model.set_classnames(dataset.classnames, dataset.template)
-        metrics = evaluate_model(model, dataset, cfg, device, precision, progress)
+        metrics = evaluate_model(model, dataset, cfg, device, precision, show_bars(progress))
         evaluation = {"run": str(run_dir), "method": cfg.method_name, "dataset": dataset.name,
                       "label": label or runs.dataset_label(cfg), "subsample": cfg.data.subsample, "seed": cfg.seed,
                       "fingerprint": identity.fingerprint, "settings": identity.settings, "test": metrics,

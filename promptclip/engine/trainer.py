@@ -1,27 +1,34 @@
-"""The training loop: SGD/AdamW, warm-up + cosine per epoch, autocast, accumulation, resumable checkpoints."""
+"""The training loop: SGD/AdamW, warm-up + cosine per epoch, autocast, accumulation, resumable checkpoints, and its
+progress (bars on a terminal, plain log lines elsewhere)."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Callable, List, Optional
 
 import torch
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..config import Config, OptimConfig
 from ..data.base import Item
-from ..data.loaders import train_loader, transform_for
+from ..data.loaders import image_loader, train_batches, transform_for, view_index, view_seeds
 from ..errors import ConfigError, TrainingError
 from ..model import PromptedCLIP
 from ..runs import CHECKPOINT, METRICS
 from ..utils import atomic_write_bytes, atomic_write_text
+from .cache import TrainingViews
 from .precision import autocast
 
 log = logging.getLogger("promptclip")
+LINE_EVERY_STEPS = 20  # off a terminal, a progress line every this many steps (as Dassl prints) ...
+LINE_EVERY_SECONDS = 30.0  # ... or after this many seconds, whichever comes first
 
 
 def lr_at(cfg: OptimConfig, epoch: int, epochs: int) -> float:
@@ -45,7 +52,8 @@ def build_optimizer(cfg: OptimConfig, params: List[torch.nn.Parameter]) -> torch
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
-    """Shuffling and augmentation depend only on (seed, epoch), so a resumed run repeats them exactly."""
+    """The shuffle and the global random stream (e.g. prompt dropout) depend only on (seed, epoch), so a resumed run
+    repeats them exactly; augmentations are seeded per image (:func:`~promptclip.data.loaders.view_seeds`)."""
     return seed * 100_003 + epoch
 
 
@@ -99,14 +107,87 @@ def _keep_metrics_before(path: Path, epoch: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
+def show_bars(progress: bool) -> bool:
+    """Bars redraw in place with carriage returns, so they are drawn only on a terminal."""
+    return progress and sys.stderr.isatty()
+
+
+def console_through_bars(bars: bool):
+    """While bars are drawn, console log handlers print through tqdm, so a log line never breaks a bar."""
+    consoles = [logger for logger in (log, logging.getLogger()) if any(
+        isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr) for h in logger.handlers)]
+    return logging_redirect_tqdm(consoles) if bars and consoles else contextlib.nullcontext()
+
+
+def duration(seconds: float) -> str:
+    """``42s``, ``4m12s``, ``2h05m``."""
+    seconds = int(round(seconds))
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class Progress:
+    """Training progress: on a terminal an epoch bar and a step bar (rate, ETA); elsewhere a log line every
+    ``LINE_EVERY_STEPS`` steps or ``LINE_EVERY_SECONDS`` seconds and one per finished epoch; with ``progress`` off,
+    nothing."""
+
+    def __init__(self, progress: bool, desc: str, start: int, epochs: int):
+        self.bars = show_bars(progress)
+        self.lines = progress and not self.bars
+        self.epochs = epochs
+        self.epoch_bar = tqdm(total=epochs, initial=start, desc=desc, unit="epoch", leave=False,
+                              disable=not self.bars, dynamic_ncols=True)
+        self.step_bar = None
+        self.begun, self.steps_done = time.time(), 0
+
+    def start_epoch(self, epoch: int, steps: int, lr: float) -> None:
+        self.epoch, self.steps, self.lr, self.last_line = epoch, steps, lr, time.time()
+        self.step_bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.epochs}", unit="step", leave=False,
+                             disable=not self.bars, dynamic_ncols=True)
+
+    def eta(self, step: int) -> str:
+        """The rest of the run at this process's mean time per step so far (epoch set-up included)."""
+        left = max(0, self.steps - step - 1 + (self.epochs - self.epoch - 1) * self.steps)
+        return duration((time.time() - self.begun) / max(self.steps_done, 1) * left)
+
+    def step(self, step: int, loss: float, accuracy: float) -> None:
+        self.steps_done += 1
+        self.step_bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.1f}", refresh=False)
+        self.step_bar.update(1)
+        now = time.time()
+        if self.lines and step + 1 < self.steps and ((step + 1) % LINE_EVERY_STEPS == 0
+                                                     or now - self.last_line >= LINE_EVERY_SECONDS):
+            self.last_line = now
+            log.info("epoch %d/%d step %d/%d loss %.3f acc %.1f%% lr %.4g eta %s", self.epoch + 1, self.epochs,
+                     step + 1, self.steps, loss, accuracy, self.lr, self.eta(step))
+
+    def end_epoch(self, metrics: dict) -> None:
+        self.step_bar.close()
+        self.epoch_bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['train_accuracy']:.1f}",
+                                   refresh=False)
+        self.epoch_bar.update(1)
+        if self.lines:
+            log.info("epoch %d/%d done: loss %.3f acc %.1f%% lr %.4g (%s), eta %s", self.epoch + 1, self.epochs,
+                     metrics["loss"], metrics["train_accuracy"], self.lr, duration(metrics["seconds"]),
+                     self.eta(self.steps - 1))
+
+    def close(self) -> None:
+        if self.step_bar is not None:
+            self.step_bar.close()
+        self.epoch_bar.close()
+
+
 def train(model: PromptedCLIP, items: List[Item], cfg: Config, device: torch.device, precision: str,
           run_dir: Path, progress: bool = True, on_epoch_end: Optional[Callable[[int], None]] = None,
           sampler_factory: Optional[Callable] = None, wrap: Optional[Callable] = None,
-          batch_size: Optional[int] = None, is_main: bool = True) -> dict:
+          batch_size: Optional[int] = None, is_main: bool = True, views: Optional[TrainingViews] = None) -> dict:
     """Train the model's prompts on ``items``; resumes from ``run_dir/checkpoint`` if present.
 
-    ``sampler_factory(epoch)``, ``wrap(model)``, ``batch_size`` (this process's share of ``train.batch_size``) and
-    ``is_main`` (only the main process writes metrics and checkpoints) are the hooks distributed training uses.
+    ``views`` (for a model that does not prompt the image tower) gives each epoch's frozen image features in place
+    of the images. ``sampler_factory(epoch)``, ``wrap(model)``, ``batch_size`` (this process's share of
+    ``train.batch_size``) and ``is_main`` (only the main process writes metrics and checkpoints) are the hooks
+    distributed training uses.
     """
     tc = cfg.train
     params = model.trainable_parameters()
@@ -126,57 +207,67 @@ def train(model: PromptedCLIP, items: List[Item], cfg: Config, device: torch.dev
     forward = wrap(model) if wrap is not None else model
     transform = transform_for(model.backbone, train=cfg.data.augment)
     accum = max(1, tc.accum_steps)
-    bar = tqdm(range(start, tc.epochs), desc=f"train {cfg.method_name}", initial=start, total=tc.epochs,
-               leave=False, disable=not progress)
+    shown = Progress(progress, f"train {cfg.method_name}", start, tc.epochs)
     last = {}
     saved = start  # epochs in the checkpoint on disk
-    for epoch in bar:
-        lr = lr_at(cfg.optim, epoch, tc.epochs)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        torch.manual_seed(epoch_seed(cfg.seed, epoch))
-        generator = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
-        sampler = sampler_factory(epoch) if sampler_factory is not None else None
-        loader = train_loader(items, transform, batch_size or tc.batch_size, generator, cfg.data.num_workers, sampler)
-        model.train()
-        started = time.time()
-        totals: dict = {}
-        correct = seen = 0
-        steps = len(loader) if not tc.max_steps_per_epoch else min(len(loader), tc.max_steps_per_epoch * accum)
-        optimizer.zero_grad(set_to_none=True)
-        for step, (images, labels) in enumerate(loader):
-            if step >= steps:
-                break
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with autocast(device, precision):
-                out = forward(images, labels)
-            if not torch.isfinite(out.loss.detach()):
-                raise _non_finite(f"The loss became {float(out.loss.detach())}", epoch, step, steps, saved, cfg, precision)
-            loss = out.loss / accum
-            (scaler.scale(loss) if scaler is not None else loss).backward()
-            if (step + 1) % accum == 0 or step + 1 == steps:
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            for name, value in {"loss": out.loss.detach(), **out.terms}.items():
-                totals[name] = totals.get(name, 0.0) + float(value) * len(labels)
-            correct += int((out.logits.argmax(-1) == labels).sum())
-            seen += len(labels)
-        if not all(bool(torch.isfinite(p).all()) for p in params):
-            raise _non_finite("The prompts became non-finite", epoch, steps - 1, steps, saved, cfg, precision)
-        last = {"epoch": epoch, "lr": lr, **{k: v / max(seen, 1) for k, v in totals.items()},
-                "train_accuracy": 100.0 * correct / max(seen, 1), "seconds": round(time.time() - started, 3)}
-        bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['train_accuracy']:.1f}")
-        finished = epoch + 1
-        if is_main:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(last) + "\n")
-            if tc.checkpoint_every and (finished % tc.checkpoint_every == 0 or finished == tc.epochs):
-                save_checkpoint(ckpt, finished, model, optimizer, scaler)
-                saved = finished
-        if on_epoch_end is not None:
-            on_epoch_end(epoch)
+    try:
+        for epoch in range(start, tc.epochs):
+            lr = lr_at(cfg.optim, epoch, tc.epochs)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            torch.manual_seed(epoch_seed(cfg.seed, epoch))
+            generator = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
+            sampler = sampler_factory(epoch) if sampler_factory is not None else None
+            started = time.time()
+            batches = train_batches(len(items), batch_size or tc.batch_size, generator, sampler)
+            steps = len(batches) if not tc.max_steps_per_epoch else min(len(batches), tc.max_steps_per_epoch * accum)
+            if views is not None:
+                cut = [i for batch in batches[:steps] for i in batch] if steps < len(batches) else None
+                features, targets = views.features(epoch, cut)
+                data = ((features[b], targets[b]) for b in map(torch.tensor, batches[:steps]))
+            else:
+                seeds = view_seeds(items, cfg.seed, view_index(epoch, tc.views)) if cfg.data.augment else None
+                data = image_loader(items, transform, batches[:steps], cfg.data.num_workers, seeds)
+            model.train()
+            totals: dict = {}
+            correct = seen = 0
+            shown.start_epoch(epoch, steps, lr)
+            optimizer.zero_grad(set_to_none=True)
+            for step, (inputs, labels) in enumerate(data):
+                inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                with autocast(device, precision):
+                    out = forward(None, labels, image_features=inputs) if views is not None else forward(inputs, labels)
+                if not torch.isfinite(out.loss.detach()):
+                    raise _non_finite(f"The loss became {float(out.loss.detach())}", epoch, step, steps, saved, cfg,
+                                      precision)
+                loss = out.loss / accum
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+                if (step + 1) % accum == 0 or step + 1 == steps:
+                    if scaler is not None:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                for name, value in {"loss": out.loss.detach(), **out.terms}.items():
+                    totals[name] = totals.get(name, 0.0) + float(value) * len(labels)
+                correct += int((out.logits.argmax(-1) == labels).sum())
+                seen += len(labels)
+                shown.step(step, totals["loss"] / seen, 100.0 * correct / seen)
+            if not all(bool(torch.isfinite(p).all()) for p in params):
+                raise _non_finite("The prompts became non-finite", epoch, steps - 1, steps, saved, cfg, precision)
+            last = {"epoch": epoch, "lr": lr, **{k: v / max(seen, 1) for k, v in totals.items()},
+                    "train_accuracy": 100.0 * correct / max(seen, 1), "seconds": round(time.time() - started, 3)}
+            shown.end_epoch(last)
+            finished = epoch + 1
+            if is_main:
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(last) + "\n")
+                if tc.checkpoint_every and (finished % tc.checkpoint_every == 0 or finished == tc.epochs):
+                    save_checkpoint(ckpt, finished, model, optimizer, scaler)
+                    saved = finished
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
+    finally:
+        shown.close()
     return last

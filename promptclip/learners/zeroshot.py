@@ -1,6 +1,7 @@
 """Zero-shot CLIP: hand-written templates, no parameters (also the fixed text side of vision-only learners)."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import ClassVar, List, Literal, Union
 
@@ -10,6 +11,11 @@ from ..backbone import normalize
 from ..errors import ConfigError
 from ..templates import fill, resolve_templates
 from .base import LEARNERS, Learner, LearnerConfig
+
+
+log = logging.getLogger("promptclip")
+TEMPLATE_SOURCES = {"dataset": "the dataset's CoOp template", "ensemble": "CoOp's 7 ImageNet templates + the "
+                    "dataset's", "imagenet80": "CLIP's 80 ImageNet templates"}
 
 
 @dataclass
@@ -43,6 +49,9 @@ class ZeroShot(Learner):
     @torch.no_grad()
     def compute(self, backbone) -> torch.Tensor:
         templates = resolve_templates(self.cfg.templates, self.template)
+        source = self.cfg.templates if isinstance(self.cfg.templates, str) else "your list"
+        log.info("zero-shot class features: the mean over %d template%s (%s), e.g. %r", len(templates),
+                 "s" if len(templates) > 1 else "", TEMPLATE_SOURCES.get(source, source), templates[0])
         per_template = []
         for template in templates:
             ids = backbone.tokenize(fill(template, self.classnames))
