@@ -379,3 +379,9 @@ def test_bench_skips_a_run_another_process_is_writing(folder, tmp_path):
         outcome = run_sweep(specs, progress=False)
     assert outcome.busy == [specs[0].id] and outcome.finished == [specs[1].id]
     assert not (specs[0].run_dir / runs.RESULT).exists()
+
+
+def test_a_run_records_the_precision_it_resolved_to(folder, tmp_path):
+    cfg = config(folder, tmp_path, **{"train.epochs": 1})
+    assert cfg.train.precision == "auto"
+    assert run(cfg, progress=False)["precision"] == "fp32"  # auto on a CPU

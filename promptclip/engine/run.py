@@ -170,7 +170,8 @@ def _run(cfg: Config, run_dir: Path, identity: runs.Identity, is_main: bool, pro
         runs.write_identity(run_dir, identity, to_yaml(cfg))
         own()
         fields = linear_probe.fit_linear_probe(cfg, backbone, dataset, device, precision, run_dir, bars)
-        return _finish(run_dir, cfg, identity, dataset, {**fields, "train_seconds": round(time.time() - started, 2)})
+        return _finish(run_dir, cfg, identity, dataset, {**fields, "precision": precision,
+                                                         "train_seconds": round(time.time() - started, 2)})
     model = build_model(cfg, backbone, dataset).to(device)
     log.info("%s on %s (%d classes, %d training images): %s", cfg.method_name, dataset.name,
              dataset.num_classes, len(dataset.train), model.parameter_report())
@@ -196,7 +197,7 @@ def _run(cfg: Config, run_dir: Path, identity: runs.Identity, is_main: bool, pro
         last = train(model, dataset.train, cfg, device, precision, run_dir, progress, on_epoch_end, views=views,
                      **(distributed.train_hooks(dataset.train, cfg) if distributed is not None else {}))
     fields = {"num_parameters": sum(p.numel() for p in model.trainable_parameters()), "train_loss": last.get("loss"),
-              "train_seconds": round(time.time() - started, 2)}
+              "precision": precision, "train_seconds": round(time.time() - started, 2)}
     if cfg.train.evaluate:  # every process evaluates its shard when distributed
         fields["test"] = evaluate_model(model, dataset, cfg, device, precision, bars, distributed=distributed)
     if not is_main:
