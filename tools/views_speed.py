@@ -1,6 +1,6 @@
 """Measure training from cached views on scikit-learn's digits (an image folder written on the fly), on CPU.
 
-    python tools/views_speed.py steps --model ViT-B-16 --threads 2    # CoOp/CoCoOp epochs: cold vs warm cache
+    python tools/views_speed.py steps --model ViT-B-16 --shots 16     # CoOp/CoCoOp epochs: cold vs warm cache
     python tools/views_speed.py sweep --model tiny-vit                # images through the image tower in a sweep
     python tools/views_speed.py sweep --model tiny-vit --views 10 --shared-only   # the same with train.views=10
     python tools/views_speed.py views --model tiny-vit --threads 2    # CoOp, 200 epochs: train.views=10 vs fresh
@@ -41,8 +41,8 @@ def config(preset: str, root: Path, out: Path, cache: Path, model: str, *extra: 
 
 
 def steps(args, root: Path, work: Path, backbone: FrozenCLIP) -> None:
-    """Per-epoch seconds of CoOp and CoCoOp (their presets) on a cold, then a warm cache."""
-    for preset, shots in (("coop", 4), ("cocoop", 1)):
+    """Per-epoch seconds of CoOp (``--shots``) and CoCoOp (1 shot), their presets, on a cold, then a warm cache."""
+    for preset, shots in (("coop", args.shots), ("cocoop", 1)):
         cache = work / f"cache-{preset}"
         seconds, cpu = {}, {}
         for state in ("cold", "warm"):
@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--model", default="ViT-B-16")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=2, help="epochs per run of `steps`")
-    parser.add_argument("--shots", type=int, default=1, help="shots of `views`")
+    parser.add_argument("--shots", type=int, default=1, help="shots of `views`, and of CoOp in `steps`")
     parser.add_argument("--views", type=int, default=0, help="train.views of CoOp and CoCoOp in `sweep`")
     parser.add_argument("--shared-only", action="store_true", help="`sweep`: only the runs sharing one cache")
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")

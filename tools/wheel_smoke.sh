@@ -15,4 +15,4 @@ export PYTHONPATH="$work/site"
 "$python" -c "from promptclip.demo import write_digits; write_digits('digits')"
 "$python" -m promptclip -q train -c coop data.root=digits model.name=tiny-vit model.pretrained=null data.shots=1 \
     train.epochs=1 output.root=runs output.cache_dir=cache
-echo "wheel smoke: 1 passed, 0 failed"
+echo "smoke: 1 passed, 0 failed"
