@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from .. import runs
 from ..config import Config, from_dict, to_dict
 from ..engine.run import evaluate_run, run
+from ..engine.trainer import duration
 from ..errors import ConfigError
 from ..utils import atomic_write_json
 from .protocols import EvalSpec, RunSpec, eval_spec
@@ -83,13 +84,7 @@ def summary_line(spec: RunSpec, result: dict, evaluations: Sequence[Tuple[EvalSp
     parts += [f"{e.dataset}{'' if e.subsample == 'all' else ' ' + e.subsample} {r['test']['accuracy']:.2f}%"
               for e, r in evaluations]
     return (f"{spec.method} {spec.dataset} {spec.subsample} shots {spec.shots} seed {spec.seed}: "
-            f"{' | '.join(parts)} ({_duration(seconds)})")
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+            f"{' | '.join(parts)} ({duration(seconds)})")
 
 
 def run_one(spec: RunSpec, progress: bool = True, on_epoch_end: Optional[Callable[[int], None]] = None,
