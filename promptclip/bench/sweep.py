@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .. import runs
 from ..config import Config, from_dict, to_dict
 from ..engine.run import evaluate_run, run
-from ..engine.trainer import duration
+from ..engine.trainer import duration, show_bars
 from ..errors import ConfigError
 from ..utils import atomic_write_json
 from .protocols import EvalSpec, RunSpec, eval_spec
@@ -109,7 +109,8 @@ class _Bar:
     """The sweep's progress bar: done / running / left, with a time estimate from the runs done in this call."""
 
     def __init__(self, total: int, done: int, progress: bool):
-        self.bar = tqdm(total=total, initial=done, desc="sweep", unit="run", disable=not progress, dynamic_ncols=True)
+        self.bar = tqdm(total=total, initial=done, desc="sweep", unit="run", disable=not show_bars(progress),
+                        dynamic_ncols=True)
         self.total, self.done = total, done
 
     def show(self, running: int) -> None:
