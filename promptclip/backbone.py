@@ -112,7 +112,7 @@ def _is_standard_block(block: nn.Module) -> bool:
 
     attn = getattr(block, "attn", None)
     return (type(block) is ResidualAttentionBlock and not hasattr(block, "ln_1_kv")
-            and isinstance(attn, nn.MultiheadAttention) and attn.in_proj_weight is not None
+            and isinstance(attn, nn.MultiheadAttention) and attn.batch_first and attn.in_proj_weight is not None
             and attn.bias_k is None and not attn.add_zero_attn)
 
 

@@ -6,9 +6,10 @@ in docs/benchmarks.md.
     python tools/benchmark.py --device cuda --model ViT-B-16 ViT-L-14 --precision bf16 fp16 --batch 32 \\
         --classes 100 1000 --cocoop-batch 1 --only zeroshot steps --write docs/benchmarks.md     # the GPU tables
 
-Each training step is also given as a ratio to the plain image-tower forward of the same batch, measured beside it.
-On CPU every step row runs in a fresh process, so its peak resident memory is its own; on a GPU the peak is the
-memory allocated during the step (a row that runs out of GPU memory says so and the others go on).
+A training step is timed in turn with the plain image-tower forward of the same batch; its row gives the fastest of
+each (the least disturbed by other load) and their ratio. On CPU every step row runs in a fresh process, so its peak
+resident memory is its own; on a GPU the peak is the memory allocated during the step (a row that runs out of GPU
+memory says so and the others go on).
 """
 import argparse
 import datetime
@@ -129,7 +130,8 @@ def main(argv=None) -> int:
                         help="further batches for CoCoOp's step (the reference trains at 1)")
     parser.add_argument("--classes", type=int, nargs="+", default=[10])
     parser.add_argument("--eval-batch", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per row (after one warm-up)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed repeats per row, after one warm-up (steps: the fastest counts; others: the median)")
     parser.add_argument("--write", metavar="MARKDOWN", help="append the tables to this file")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # one step row, for isolated_step_row
     args = parser.parse_args(argv)

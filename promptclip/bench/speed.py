@@ -35,10 +35,15 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int = 3, warm
 
 
 def peak_memory_mb(device: torch.device) -> Optional[float]:
-    """Peak GPU memory since the last reset, or the process's peak resident memory on CPU."""
+    """Peak GPU memory since the last reset, or the process's peak resident memory on CPU (Linux's VmHWM, which
+    starts afresh in a new program, unlike ``ru_maxrss``, which keeps the parent's peak at the fork)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def reset_peak(device: torch.device) -> None:
@@ -70,15 +75,16 @@ METHODS = ("coop", "cocoop", "maple", "ivlp", "vpt_deep_clip", "vpt_shallow", "v
 def learner_step(backbone: FrozenCLIP, device, preset: str, overrides: Sequence[str] = (), num_classes: int = 10,
                  batch: int = 4, precision: str = "fp32", repeats: int = 3) -> Dict:
     """One training step of a method preset on random images (forward, loss, backward, SGD step; fp16 with a grad
-    scaler): median seconds, and the median ratio to the plain image-tower forward (no prompts, no gradient) of the
-    same batch, each step timed right after one such forward so that the ratio survives a noisy machine. Memory:
-    before the first forward and at the peak (GPU: allocated tensors; CPU: the process's peak resident set, the row's
-    own only in a fresh process)."""
+    scaler), timed in turn with the plain image-tower forward (no prompts, no gradient) of the same batch: the fastest
+    of ``repeats`` of each (the least disturbed by other load) and their ratio. Memory: before the first forward and
+    at the peak (GPU: allocated tensors; CPU: the process's peak resident set, the row's own only in a fresh
+    process)."""
     cfg = build_config([preset], ["data.root=/tmp", *overrides])
     model = build_model(cfg, backbone, fake_dataset(num_classes)).to(device).train()
     for loss in model.losses.values():  # DAPT prototypes: random stand-ins (a step costs the same)
         if hasattr(loss, "prototypes"):
-            loss.prototypes = torch.nn.functional.normalize(torch.randn(num_classes, backbone.embed_dim), dim=-1).to(device)
+            prototypes = torch.randn(num_classes, backbone.embed_dim, device=device)
+            loss.prototypes = torch.nn.functional.normalize(prototypes, dim=-1)
     params = model.trainable_parameters()
     optimizer = torch.optim.SGD(params, lr=1e-3)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
@@ -105,10 +111,11 @@ def learner_step(backbone: FrozenCLIP, device, preset: str, overrides: Sequence[
     reset_peak(device)
     pairs = [(timed(forward, device, 1, warmup=int(i == 0)), timed(step, device, 1, warmup=int(i == 0)))
              for i in range(repeats)]
+    fastest_forward, fastest_step = min(f for f, _ in pairs), min(s for _, s in pairs)
     return {"operation": f"{preset}: train step, {num_classes} classes, batch {batch}, {precision}",
-            "seconds": statistics.median(s for _, s in pairs), "ratio": statistics.median(s / f for f, s in pairs),
-            "unit": "image forward", "forward_seconds": statistics.median(f for f, _ in pairs),
-            "before_mb": before, "peak_mb": peak_memory_mb(device), "parameters": sum(p.numel() for p in params)}
+            "seconds": fastest_step, "ratio": fastest_step / fastest_forward, "unit": "image forward",
+            "forward_seconds": fastest_forward, "before_mb": before, "peak_mb": peak_memory_mb(device),
+            "parameters": sum(p.numel() for p in params)}
 
 
 def zero_shot_throughput(backbone: FrozenCLIP, device, batch: int = 32, precision: str = "fp32",
