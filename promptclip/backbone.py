@@ -5,8 +5,8 @@ Learners never reach into open_clip. They hand this module prompt *embeddings* a
 - ``encode_text(embeddings, eot_index, deep={layer: tokens})`` adds positional embeddings, runs the causal text
   transformer on the sequence cut after the longest EOT (exact, because a token only attends to earlier ones),
   replaces the tokens right after SOS at the given deeper layers, and pools at EOT.
-- ``encode_image(images, VisionPrompts(...))`` inserts prompt tokens after CLS or after the patches, before or after
-  ``ln_pre``, and replaces those slots at deeper layers.
+- ``encode_image(images, VisionPrompts(...))`` inserts prompt tokens (shared by the batch or per image) after CLS or
+  after the patches, before or after ``ln_pre``, and replaces those slots at deeper layers.
 
 Both towers run open_clip's blocks through :func:`_run_block`, which computes each attention projection as one matrix
 product where torch's batch-first attention would run one per token position.
@@ -25,7 +25,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -49,11 +49,16 @@ class VisionPrompts:
     ``i >= 1`` replaces the same ``n`` slots before block ``i`` (deep prompts). Layers without an entry carry the
     slots on. ``placement`` puts the slots right after CLS (VPT) or after the patch tokens (MaPLe/IVLP);
     ``before_ln_pre`` chooses whether they pass through ``ln_pre``.
+
+    ``per_image``, if given, maps each layer's tokens expanded to the batch (``[B, n, D_v]``) to the tokens used:
+    randomness that must differ between the images of a batch (VPT's and DAPT's prompt dropout) without the learner
+    knowing the batch size.
     """
 
     tokens: Dict[int, torch.Tensor]
     placement: str = "after_cls"
     before_ln_pre: bool = True
+    per_image: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
     def __post_init__(self):
         if 0 not in self.tokens:
@@ -67,6 +72,14 @@ class VisionPrompts:
     @property
     def num_tokens(self) -> int:
         return self.tokens[0].shape[-2]
+
+    def for_batch(self, layer: int, batch: int) -> torch.Tensor:
+        """Layer ``layer``'s tokens for a batch of ``batch`` images: ``[n, D_v]`` or ``[batch, n, D_v]``."""
+        tokens = self.tokens[layer]
+        if tokens.dim() == 3 and tokens.shape[0] != batch:
+            raise BackboneError(f"Per-image vision prompts for layer {layer} hold {tokens.shape[0]} images, but the "
+                                f"batch has {batch}: give one prompt set per image, or [n, D_v] tokens to share.")
+        return tokens if self.per_image is None else self.per_image(_expand(tokens, batch))
 
 
 def _register_tiny_configs() -> None:
@@ -599,6 +612,13 @@ class FrozenCLIP(nn.Module):
     def patch_size(self) -> Optional[int]:
         return self.model.visual.conv1.kernel_size[0] if self.is_vit else None
 
+    def vision_input_embeddings(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """A ViT's class embedding ``[D_v]`` and positional embeddings ``[1 + patches, D_v]`` (None otherwise): the
+        scale the image tower's own input tokens have, beside which vision prompts can be read."""
+        if not self.is_vit:
+            return None
+        return self.model.visual.class_embedding.detach(), self.model.visual.positional_embedding.detach()
+
     def require_vision_prompts(self, who: str = "vision prompts") -> None:
         """Raise unless the image tower is a ViT whose forward this module can reproduce with prompts."""
         v = self.model.visual
@@ -626,11 +646,12 @@ class FrozenCLIP(nn.Module):
             x = v.ln_pre(x)
         else:
             start = 1 if prompts.placement == "after_cls" else x.shape[1]
-            x = (v.ln_pre(_insert_slots(x, start, prompts.tokens[0])) if prompts.before_ln_pre else
-                 _insert_slots(v.ln_pre(x), start, prompts.tokens[0]))
+            tokens = prompts.for_batch(0, x.shape[0])
+            x = (v.ln_pre(_insert_slots(x, start, tokens)) if prompts.before_ln_pre else
+                 _insert_slots(v.ln_pre(x), start, tokens))
         for i, block in enumerate(v.transformer.resblocks):
             if prompts is not None and i > 0 and i in prompts.tokens:
-                x = _replace_slots(x, start, prompts.tokens[i])
+                x = _replace_slots(x, start, prompts.for_batch(i, x.shape[0]))
             x = _run_block(block, x)
         pooled = v.ln_post(x[:, 0])
         return pooled @ v.proj if v.proj is not None else pooled

@@ -58,20 +58,11 @@ def _config(args, extra_presets: List[str] = ()):
 def cmd_train(args) -> int:
     """One run; under torchrun (``torchrun --nproc_per_node N -m promptclip train ...``) one DDP run."""
     from .engine import run
-    from .engine.distributed import Distributed
     from .runs import default_run_dir
 
     cfg = _config(args)
-    distributed = Distributed.from_env()
-    main_process = distributed is None or distributed.is_main
-    if not main_process:
-        logging.getLogger("promptclip").setLevel(logging.WARNING)
-    try:
-        result = run(cfg, progress=main_process and not args.quiet, distributed=distributed, replace=args.replace)
-    finally:
-        if distributed is not None:
-            distributed.close()
-    if main_process and result.get("test"):
+    result = run(cfg, progress=not args.quiet, replace=args.replace)  # {} on the other processes of a DDP run
+    if result.get("test"):
         print(f"test accuracy {result['test']['accuracy']:.2f}%  macro-F1 {result['test']['macro_f1']:.2f}%  "
               f"(run folder: {default_run_dir(cfg)})")
     return 0
@@ -111,6 +102,14 @@ def cmd_predict(args) -> int:
     else:
         for p in predictions:
             print(f"{p['path']}: " + ", ".join(f"{name} {prob:.1%}" for name, prob in p["top"]))
+    return 0
+
+
+def cmd_interpret(args) -> int:
+    from .interpret import format_interpretation, interpret_run
+
+    result = interpret_run(args.run_dir, topk=args.topk, device=args.device)
+    print(json.dumps(result, indent=2) if args.json else format_interpretation(result))
     return 0
 
 
@@ -193,6 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("interpret", help="what a run's learned prompts mean: nearest words, prompt norms",
+                       description="For each learned text context vector, the nearest tokens of the backbone's "
+                                   "vocabulary (Euclidean distance, as in CoOp); for deep, vision and "
+                                   "image-conditioned prompts, L2 norms per layer beside the backbone's own scales. "
+                                   "docs/interpret.md explains each number.")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--topk", type=int, default=5, help="nearest tokens per context vector (default 5)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_interpret)
     p = sub.add_parser("demo", help="offline demo: digits, a tiny random CLIP, zero-shot vs CoOp",
                        description="Writes scikit-learn's digits as an image folder and compares zero-shot CLIP "
                                    "with CoOp (shared and class-specific) on a tiny CLIP with random weights.")

@@ -1,8 +1,8 @@
 """Typed configuration: dataclasses, YAML presets with ``inherit``, dotted overrides, validation with suggestions.
 
 A run's config is built from presets (``configs/**/<name>.yaml`` or a path) merged left to right, then overrides such
-as ``optim.lr=0.01``. ``text`` and ``vision`` hold the chosen learner's own options dataclass; ``losses`` maps loss
-names to theirs. Unknown keys are errors that name the nearest valid key.
+as ``optim.lr=0.01``. ``text`` and ``vision`` hold the chosen learner's own options dataclass; ``losses`` and
+``callbacks`` map names to theirs. Unknown keys are errors that name the nearest valid key.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Union, get_args
 
 import yaml
 
-from .errors import ConfigError
-from .registry import suggest
+from .errors import ConfigError, UnregisteredInConfig
+from .registry import CALLBACKS, LEARNERS, LOSSES, suggest
 
 #: the presets shipped with promptclip: inside the package when installed from a wheel (setup.cfg maps the
 #: repository's configs/ there), the repository's configs/ in a source checkout
@@ -141,6 +141,8 @@ class Config:
     text: Any = field(default=None, metadata={"registry": "learner"})
     vision: Any = field(default=None, metadata={"registry": "learner"})
     losses: Dict[str, Any] = field(default_factory=dict, metadata={"registry": "loss"})
+    #: method-owned hooks at epoch and training end (e.g. PromptSRC's prompt averaging), name → options
+    callbacks: Dict[str, Any] = field(default_factory=dict, metadata={"registry": "callback"})
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -154,11 +156,7 @@ class Config:
 
 # ------------------------------------------------------------------------------------------------ conversion
 def _registry(kind: str):
-    from . import learners, linear_probe, losses  # noqa: F401  (fills the registries)
-    from .learners.base import LEARNERS
-    from .losses import LOSSES
-
-    return LEARNERS if kind == "learner" else LOSSES
+    return {"learner": LEARNERS, "loss": LOSSES, "callback": CALLBACKS}[kind]
 
 
 def _number(value: Any, tp: type, path: str, bounds: Optional[Bounds]) -> Any:
@@ -241,7 +239,7 @@ def registered_config(kind: str, value: Any, path: str, name: Optional[str] = No
     try:
         cls = _registry(kind).get(key)
     except LookupError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        raise UnregisteredInConfig(f"{path}: {err}") from None
     return from_dict(cls.Config, value, path, context=f"{kind} {key!r}")
 
 
@@ -261,9 +259,9 @@ def from_dict(cls, data: Optional[dict], path: str = "", context: str = ""):
             raise ConfigError(f"Unknown config key {full!r}{where}.{hint} "
                               f"Valid keys here: {', '.join(fields)}.")
         registry = fields[key].metadata.get("registry")
-        if registry and key == "losses":
+        if registry and key in ("losses", "callbacks"):
             if not isinstance(value, dict):
-                raise ConfigError(f"{full} must map loss names to options, got {value!r}.")
+                raise ConfigError(f"{full} must map {registry} names to options, got {value!r}.")
             kwargs[key] = {name: registered_config(registry, opts or {}, f"{full}.{name}", name=name)
                            for name, opts in value.items()}
         elif registry:

@@ -21,5 +21,9 @@ class UnknownNameError(PromptclipError, LookupError):
     """A registry lookup failed (unknown learner, dataset, loss...)."""
 
 
+class UnregisteredInConfig(ConfigError, LookupError):
+    """A config names a learner, loss or callback that nothing registered (a typo, or a plugin not loaded)."""
+
+
 class TrainingError(PromptclipError):
     """Training stopped because it cannot go on correctly (a non-finite loss)."""

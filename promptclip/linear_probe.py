@@ -24,7 +24,7 @@ from .backbone import FrozenCLIP
 from .config import Config, bounded
 from .data.base import Dataset
 from .engine.cache import frozen_features
-from .engine.evaluate import metrics_from_predictions
+from .engine.evaluation import metrics_from_predictions
 from .errors import ConfigError
 from .learners.base import LEARNERS, Learner, LearnerConfig
 from .runs import CLASSIFIER
@@ -46,21 +46,26 @@ class LinearProbeConfig(LearnerConfig):
     search_steps: int = bounded(8, ge=0)
     max_iter: int = bounded(1000, ge=1)
 
+    @property
+    def transfers_to_new_classes(self) -> bool:
+        return False  # one weight row per training class
+
 
 @LEARNERS.register(NAME)
 class LinearProbe(Learner):
-    """Registered so ``text.name=linear_probe`` is a validated config; the engine fits it, it holds no prompts."""
+    """A closed-form method: :meth:`fit` fits it on frozen features; it holds no prompts."""
 
     Config = LinearProbeConfig
+    fits_in_closed_form = True
 
-    def __init__(self, cfg, backbone, classnames, template="a photo of a {}."):
+    @classmethod
+    def fit(cls, cfg, backbone, dataset, device, precision, run_dir, progress):
+        return fit_linear_probe(cfg, backbone, dataset, device, precision, run_dir, progress)
+
+    def __init__(self, cfg, backbone, classnames, template="a photo of a {}.", dataset=""):
         raise ConfigError("linear_probe is not a prompt learner: it cannot be combined with prompts or loaded as "
                           "saved prompts. Run it on its own (promptclip train -c linear_probe ...), which fits a "
                           "logistic regression on frozen image features.")
-
-
-def is_linear_probe(cfg: Config) -> bool:
-    return cfg.text is not None and cfg.text.name == NAME
 
 
 def _fit(features: np.ndarray, labels: np.ndarray, c: float, max_iter: int):

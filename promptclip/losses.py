@@ -1,31 +1,29 @@
-"""Training objectives beyond cross-entropy, registered by name and usable with any learner.
+"""The method seam beyond prompts: extra losses (registered by name, usable with any learner) and what they see.
 
-The composed model computes ``CE + Σ weight_i · loss_i(output, labels)``. A loss that needs data before training
-(DAPT's class prototypes) implements ``prepare(context)``; the engine calls it once with a :class:`PrepareContext`.
+The composed model computes ``CE + Σ weight_i · loss_i(output, labels)``. A loss that needs something before
+training (DAPT's class prototypes, KgCoOp's zero-shot class features) implements ``prepare(context)``; the engine
+calls it once with a :class:`PrepareContext`. At each step a loss reads the :class:`ModelOutput`, which also
+gives, on demand and once per batch, the frozen image features of the same batch and the zero-shot logits.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal, Optional, Tuple, get_args
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Dict, List, Literal, Optional, Sequence, Tuple, Union, get_args
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from .config import bounded
 from .errors import ConfigError
-from .registry import Registry
-from .utils import atomic_write_bytes
+from .learners.zeroshot import zeroshot_class_features
+from .registry import LOSSES
+from .templates import resolve_templates
 
 log = logging.getLogger("promptclip")
 
-#: name → ExtraLoss subclass. Register with ``@LOSSES.register("name")``.
-LOSSES: Registry = Registry("loss")
+Features = Tuple[torch.Tensor, torch.Tensor]  # ([N, E] normalised float32 features, [N] labels)
 
 
 @dataclass
@@ -33,24 +31,60 @@ class ModelOutput:
     """What the composed model computed for a batch; losses read what they need from it."""
 
     logits: torch.Tensor  # [B, C]
-    image_features: torch.Tensor  # [B, E], normalised
+    image_features: torch.Tensor  # [B, E], normalised (prompted if the model prompts the image tower)
     text_features: torch.Tensor  # [C, E] or [B, C, E], normalised
     loss: Optional[torch.Tensor] = None
     terms: Optional[dict] = None  # name → detached value, for logs
+    logit_scale: Optional[torch.Tensor] = None
+    #: computes the batch's normalised image features without prompts; None: ``image_features`` are frozen already
+    frozen_source: Optional[Callable[[], torch.Tensor]] = field(default=None, repr=False)
+    _frozen: Optional[torch.Tensor] = field(default=None, repr=False)
+    _zeroshot: Dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def frozen_image_features(self) -> torch.Tensor:
+        """The same batch's normalised image features under the frozen, unprompted image tower (no gradient),
+        computed on first use and kept for the other losses of the step."""
+        if self._frozen is None:
+            self._frozen = (self.image_features if self.frozen_source is None else self.frozen_source()).detach()
+        return self._frozen
+
+    def zeroshot_logits(self, class_features: torch.Tensor) -> torch.Tensor:
+        """Zero-shot CLIP's logits for the batch: ``τ · frozen_image_features @ class_features.T`` (normalised
+        ``[C, E]`` class features, e.g. from :meth:`PrepareContext.zeroshot_class_features`); once per batch."""
+        key = id(class_features)
+        if key not in self._zeroshot:
+            image = self.frozen_image_features
+            self._zeroshot[key] = (self.logit_scale * image @ class_features.to(image.dtype).t()).detach()
+        return self._zeroshot[key]
 
 
 @dataclass
 class PrepareContext:
-    """What a loss may use once before training."""
+    """What a loss or callback may use once before training."""
 
     backbone: Any  # FrozenCLIP
-    train_loader: Any  # the few-shot training split with the training transform
-    num_classes: int
-    cache_dir: Optional[Path]
-    cache_key: str  # identifies (dataset, shots, seed, backbone, transform)
+    classnames: List[str]
+    template: str  # the dataset's own template
+    dataset: str  # its canonical name
     device: torch.device
-    #: image features of a loader under the frozen encoder (the engine's feature cache when available)
-    image_features: Optional[Callable] = None
+    epochs: int  # train.epochs
+    #: frozen image features and labels of the training split, one view under the training transform, from the
+    #: engine's feature cache (computed on the first call)
+    train_features: Callable[[], Features]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    def zeroshot_class_features(self, templates: Union[str, Sequence[str]] = "dataset",
+                                normalize_each: bool = True) -> torch.Tensor:
+        """Normalised zero-shot class features ``[C, E]`` on ``self.device`` for a template choice (``dataset``,
+        ``ensemble``, ``imagenet80``, ``imagenet60``) or a list of templates; ``normalize_each`` as in
+        :func:`~promptclip.learners.zeroshot.zeroshot_class_features`."""
+        chosen = resolve_templates(templates if isinstance(templates, str) else list(templates), self.template,
+                                   self.dataset)
+        return zeroshot_class_features(self.backbone, self.classnames, chosen, normalize_each).to(self.device)
 
 
 @dataclass
@@ -133,18 +167,6 @@ def class_prototypes(features: torch.Tensor, labels: torch.Tensor, num_classes: 
     return sums / counts.clamp(min=1).unsqueeze(1).to(sums.dtype)
 
 
-def frozen_image_features(context: PrepareContext) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Zero-shot image features (no prompts) and labels of ``context.train_loader``."""
-    if context.image_features is not None:
-        return context.image_features(context.train_loader)
-    features, labels = [], []
-    with torch.no_grad():
-        for images, targets in context.train_loader:
-            features.append(context.backbone.encode_image(images.to(context.device)).float())
-            labels.append(targets.to(context.device))
-    return torch.cat(features), torch.cat(labels)
-
-
 @dataclass
 class IntraDispersionConfig(LossConfig):
     weight: float = bounded(0.1, ge=0)  # β_v
@@ -155,8 +177,8 @@ class IntraDispersion(ExtraLoss):
     """DAPT's image intra-dispersion: ``F.mse_loss(z̃_i, s_{y_i})``, pulling each (prompted, normalised) image feature
     towards its class prototype, the mean normalised zero-shot feature of the class's training images.
 
-    :meth:`prepare` computes the prototypes once (frozen encoder, training transform) and caches them as
-    ``<cache_dir>/dapt-prototypes-<hash of cache_key>.safetensors``.
+    :meth:`prepare` computes the prototypes from the training split's frozen features (one training-transform
+    view, through the engine's feature cache).
     """
 
     Config = IntraDispersionConfig
@@ -166,37 +188,8 @@ class IntraDispersion(ExtraLoss):
         self.register_buffer("prototypes", torch.empty(0), persistent=False)
 
     def prepare(self, context: PrepareContext) -> None:
-        path = None
-        if context.cache_dir is not None:
-            digest = hashlib.sha1(context.cache_key.encode()).hexdigest()[:16]
-            path = Path(context.cache_dir) / f"dapt-prototypes-{digest}.safetensors"
-        cached = self._read_cache(path, context) if path is not None and path.is_file() else None
-        if cached is not None:
-            self.prototypes = cached.to(context.device)
-            return
-        features, labels = frozen_image_features(context)
-        prototypes = class_prototypes(features, labels, context.num_classes)
-        if path is not None:
-            atomic_write_bytes(path, save_safetensors({"prototypes": prototypes.cpu().contiguous()},
-                                                      metadata={"cache_key": context.cache_key}))
-        self.prototypes = prototypes.to(context.device)
-
-    @staticmethod
-    def _read_cache(path: Path, context: PrepareContext) -> Optional[torch.Tensor]:
-        """The cached prototypes for ``context``, or None (another key, or a damaged file: recomputed)."""
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                if (f.metadata() or {}).get("cache_key") != context.cache_key:
-                    return None
-                prototypes = f.get_tensor("prototypes")
-        except (SafetensorError, OSError) as err:
-            log.warning("DAPT prototype cache file %s is unreadable (%s); computing the prototypes again.", path, err)
-            return None
-        if prototypes.dim() != 2 or prototypes.shape[0] != context.num_classes:
-            log.warning("DAPT prototype cache file %s holds %s prototypes for %d classes; computing them again.",
-                        path, list(prototypes.shape), context.num_classes)
-            return None
-        return prototypes
+        features, labels = context.train_features()
+        self.prototypes = class_prototypes(features.to(context.device), labels, context.num_classes)
 
     def forward(self, output: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
         if self.prototypes.numel() == 0:

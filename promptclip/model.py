@@ -60,9 +60,10 @@ class PromptedCLIP(nn.Module):
         total = self.backbone.num_parameters()
         return f"{n:,} prompt parameters ({100 * n / total:.3f}% of the {total / 1e6:.1f} M frozen backbone)"
 
-    def set_classnames(self, classnames: List[str], template: Optional[str] = None) -> None:
+    def set_classnames(self, classnames: List[str], template: Optional[str] = None,
+                       dataset: Optional[str] = None) -> None:
         for learner in self.learners().values():
-            learner.set_classnames(self.backbone, classnames, template)
+            learner.set_classnames(self.backbone, classnames, template, dataset)
 
     @property
     def classnames(self) -> List[str]:
@@ -84,6 +85,14 @@ class PromptedCLIP(nn.Module):
             return scale * torch.einsum("be,bce->bc", image_features, class_features.to(image_features.dtype))
         return scale * image_features @ class_features.to(image_features.dtype).t()
 
+    def _frozen_source(self, images: torch.Tensor):
+        """The batch's unprompted image features, for losses that ask :attr:`ModelOutput.frozen_image_features`."""
+        def compute() -> torch.Tensor:
+            with torch.no_grad():
+                return normalize(self.backbone.encode_image(images))
+
+        return compute
+
     def forward(self, images: Optional[torch.Tensor], labels: Optional[torch.Tensor] = None,
                 class_features: Optional[torch.Tensor] = None,
                 image_features: Optional[torch.Tensor] = None) -> ModelOutput:
@@ -92,7 +101,9 @@ class PromptedCLIP(nn.Module):
         ``images`` and the image tower."""
         img = self.image_features(images) if image_features is None else image_features
         txt = class_features if class_features is not None else self.class_features(img)
-        out = ModelOutput(logits=self.logits(img, txt), image_features=img, text_features=txt)
+        frozen = self._frozen_source(images) if self.prompts_vision and image_features is None else None
+        out = ModelOutput(logits=self.logits(img, txt), image_features=img, text_features=txt,
+                          logit_scale=self.backbone.logit_scale, frozen_source=frozen)
         if labels is not None:
             ce = F.cross_entropy(out.logits.float(), labels)
             terms = {"ce": ce.detach()}

@@ -1,7 +1,13 @@
-"""Decorator registries: learners, datasets and losses register by name; plugins add entries without editing promptclip."""
+"""Decorator registries for learners, losses, callbacks and datasets.
+
+Registrants register with ``@LEARNERS.register("name")`` and friends. The first lookup imports every registrant
+(:mod:`promptclip.plugins`: the built-in ones, then outside plugins), so a lookup never depends on what happened to
+be imported before, and this module, which the config layer uses, imports none of them.
+"""
 from __future__ import annotations
 
 import difflib
+import importlib
 from typing import Callable, Dict, Generic, Iterable, TypeVar
 
 from .errors import UnknownNameError
@@ -18,6 +24,8 @@ def suggest(name: str, choices: Iterable[str]) -> str:
 class Registry(Generic[T]):
     """A name → object table filled by the ``@registry.register("name")`` decorator."""
 
+    _discovered = False  # shared: one import of promptclip.plugins fills every registry
+
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: Dict[str, T] = {}
@@ -32,17 +40,36 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def _discover(self) -> None:
+        if not Registry._discovered:
+            Registry._discovered = True
+            importlib.import_module("promptclip.plugins").load_all()
+
     def get(self, name: str) -> T:
+        self._discover()
         key = str(name).lower()
         if key not in self._entries:
+            plural = self.kind + ("es" if self.kind.endswith("s") else "s")
             raise UnknownNameError(
                 f"Unknown {self.kind} {name!r}.{suggest(key, self._entries)} "
-                f"Known {self.kind}s: {', '.join(sorted(self._entries))}."
+                f"Known {plural}: {', '.join(sorted(self._entries))}."
             )
         return self._entries[key]
 
     def names(self) -> list:
+        self._discover()
         return sorted(self._entries)
 
     def __contains__(self, name: str) -> bool:
+        self._discover()
         return str(name).lower() in self._entries
+
+
+#: name → Learner subclass (promptclip.learners)
+LEARNERS: Registry = Registry("learner")
+#: name → ExtraLoss subclass (promptclip.losses)
+LOSSES: Registry = Registry("loss")
+#: name → Callback subclass (promptclip.callbacks)
+CALLBACKS: Registry = Registry("callback")
+#: name → reader(root: Path, **options) -> Dataset (promptclip.data)
+DATASETS: Registry = Registry("dataset")

@@ -9,9 +9,10 @@ from promptclip.backbone import FrozenCLIP
 from promptclip.config import build_config
 from promptclip.data.loaders import eval_loader, transform_for
 from promptclip.engine import cache as cache_module
-from promptclip.engine.cache import FeatureCache, frozen_features, single_pass_features
-from promptclip.engine.evaluate import evaluate
-from promptclip.engine.run import build_model, evaluate_model, prepare_data, run
+from promptclip.engine.cache import FeatureCache, TrainingViews, frozen_features
+from promptclip.engine.evaluation import evaluate
+from promptclip.engine.runner import build_model, evaluate_model, prepare_data, run
+from promptclip.losses import PrepareContext, class_prototypes
 from promptclip.runs import default_run_dir as run_dir_for
 
 CPU = torch.device("cpu")
@@ -97,20 +98,22 @@ def test_evaluation_through_the_cache_equals_the_image_path(folder, tmp_path):
     assert list((tmp_path / "cache" / "features").glob("*.safetensors"))
 
 
-def test_single_training_transform_pass_is_seeded_and_cached(folder, tmp_path, counted):
-    dataset = prepare_data(config(folder, tmp_path))
-    backbone = FrozenCLIP.load("tiny-vit")
-    loader = eval_loader(dataset.train, transform_for(backbone, train=True), 5)
-    hook = single_pass_features(backbone, tmp_path / "cache", seed=3, device=CPU, precision="fp32", progress=False)
-    first, labels = hook(loader)
-    second, _ = hook(loader)
-    assert len(counted) == 1 and torch.equal(first, second) and labels.tolist() == [i.label for i in dataset.train]
-    assert FeatureCache(tmp_path / "cache").load(next(iter(_keys(tmp_path))), dataset.train) is not None
-    other_seed, _ = single_pass_features(backbone, tmp_path / "other", 3, CPU, "fp32", False)(loader)
-    assert torch.equal(other_seed, first)  # recomputed elsewhere with the same seed: the same random crops
-    different, _ = single_pass_features(backbone, tmp_path / "cache", 4, CPU, "fp32", False)(loader)
-    assert not torch.allclose(different, first)  # another seed, other crops, another entry
-    assert len(counted) == 3
+def test_dapt_prototypes_come_from_the_first_training_view_coop_cached(folder, tmp_path, counted):
+    """The training features a loss prepares with are view 0 of the training views, shared through the cache."""
+    one_epoch = ["train.epochs=1", "train.batch_size=4"]
+    run(config(folder, tmp_path, "coop", extra=one_epoch), progress=False)
+    coop_passes = len(counted)  # view 0 of the training split, then the test split
+    cfg = config(folder, tmp_path, "dapt", extra=[*one_epoch, "text.n_ctx=4", "vision.n_tokens=2"])
+    dataset = prepare_data(cfg)
+    model = build_model(cfg, FrozenCLIP.load("tiny-vit"), dataset)
+    views = TrainingViews(model.backbone, dataset.train, cfg.seed, 0, True, 5, 0, CPU, "fp32", tmp_path / "cache",
+                          progress=False)
+    model.losses["dapt_intra"].prepare(PrepareContext(model.backbone, dataset.classnames, dataset.template,
+                                                      dataset.name, CPU, 1, lambda: views.features(0)))
+    assert len(counted) == coop_passes  # no image-tower pass: CoOp's first view was in the cache
+    features, labels = views.features(0)
+    expected = class_prototypes(features, labels, dataset.num_classes)
+    assert torch.equal(model.losses["dapt_intra"].prototypes, expected)
 
 
 def _keys(tmp_path):

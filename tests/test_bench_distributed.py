@@ -26,7 +26,7 @@ def worker(data: Path, out: Path) -> None:
     from promptclip.data.loaders import open_image, transform_for
     from promptclip.cli import main
     from promptclip.engine.distributed import Distributed
-    from promptclip.engine.run import build_model, evaluate_model, load_backbone, prepare_data
+    from promptclip.engine.runner import build_model, evaluate_model, load_backbone, prepare_data
     from promptclip.utils import seed_everything
 
     distributed = Distributed.from_env()
@@ -76,7 +76,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     result = json.loads((run_dir / "result.json").read_text())
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1 and result["test"]["num_images"] == 15  # only the main process wrote
-    from promptclip.engine.run import evaluate_run
+    from promptclip.engine.runner import evaluate_run
 
     alone = evaluate_run(run_dir, progress=False, label="one_process")  # the saved prompts, one process
     assert alone["test"]["accuracy"] == result["test"]["accuracy"]

@@ -1,4 +1,5 @@
-"""Protocol files: validation with clear errors, expansion into runs (schedules, rules, scoped overrides), shards."""
+"""Protocol files: validation with clear errors (the run configs' typed validator), expansion into runs (schedules,
+rules, scoped overrides), shards."""
 import re
 
 import pytest
@@ -18,7 +19,7 @@ def runs_of(name, *overrides):
 
 def test_few_shot_protocol_follows_the_reference_schedule():
     runs = runs_of("few_shot")
-    assert len(runs) == 11 + 3 * 11 * 5 * 3  # zero-shot once per dataset; probe, CoOp, DAPT: 5 shots × 3 seeds
+    assert len(runs) == 11 + 5 * 11 * 5 * 3  # zero-shot once per dataset; 5 methods × 5 shots × 3 seeds
     epochs = {k: runs[f"coop/ViT-B-16_openai/DescribableTextures/all/shots_{k}/seed_1"].config.train.epochs
               for k in (1, 2, 4, 8, 16)}
     assert epochs == {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
@@ -28,6 +29,10 @@ def test_few_shot_protocol_follows_the_reference_schedule():
     eurosat = runs["dapt/ViT-B-16_openai/EuroSAT/all/shots_2/seed_1"].config  # DAPT's lr / β_v / β_t, then epochs
     assert (eurosat.optim.lr, eurosat.losses["dapt_intra"].weight, eurosat.losses["dapt_inter"].weight) == (20, 100, 10)
     assert eurosat.train.epochs == 100
+    gpa = {name: runs[f"promptsrc_fewshot/ViT-B-16_openai/{name}/all/shots_16/seed_1"].config.callbacks["gpa"]
+           for name in ("ImageNet", "EuroSAT")}  # PromptSRC's two Gaussians, by dataset
+    assert (gpa["ImageNet"].mean, gpa["ImageNet"].std, gpa["EuroSAT"].mean, gpa["EuroSAT"].std) == (30, 30, 45, 5)
+    assert runs["kgcoop/ViT-B-16_openai/EuroSAT/all/shots_1/seed_1"].config.losses["kgcoop"].weight == 8
     probe = runs["linear_probe/ViT-B-16_openai/Caltech101/all/shots_4/seed_2"].config
     assert probe.text.name == "linear_probe" and probe.data.shots == 4 and probe.seed == 2
     assert str(probe.output.dir).endswith("runs/few_shot/linear_probe/ViT-B-16_openai/Caltech101/all/shots_4/seed_2")
@@ -84,22 +89,31 @@ def test_dataset_entries_with_their_own_data_settings(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"kind": "fewshot"}, "kind: must be one of few_shot"),
-    ({"method": ["coop"]}, "unknown key 'method'. Did you mean 'methods'?"),
-    ({"shots": [1, "two"]}, "shots: must be an integer or a non-empty list of integers"),
+    ({"kind": "fewshot"}, "bad.yaml: kind must be one of few_shot, base_to_new, cross_dataset, "
+                          "domain_generalization, not 'fewshot'. Did you mean 'few_shot'?"),
+    ({"method": ["coop"]}, "Unknown config key 'method' of a protocol. Did you mean 'methods'?"),
+    ({"shots": [1, "two"]}, "shots[1] must be an integer, got 'two'"),
+    ({"shots": []}, "shots: must not be an empty list"),
+    ({"seeds": [-1]}, "seeds[0] must be >= 0"),
     ({"config": {"seed": 3}}, "seed is set by the protocol: use seeds instead"),
     ({"config": {"data.shots": 3}}, "data.shots is set by the protocol: use shots instead"),
-    ({"rules": [{"when": {"shot": 1}, "set": {"train.epochs": 1}}]}, "unknown key 'shot'. Did you mean 'shots'?"),
+    ({"rules": [{"when": {"shot": 1}, "set": {"train.epochs": 1}}]},
+     "Unknown config key 'rules[0].when.shot'. Did you mean 'rules[0].when.shots'"),
     ({"rules": [{"when": {"shots": 1}}]}, "a rule needs `set`"),
-    ({"evaluations": [{"subsample": "newer"}]}, "must be all, base or new"),
+    ({"evaluations": [{"subsample": "newer"}]}, "evaluations[0].subsample must be one of all, base, new"),
+    ({"methods": [{"preset": "coop", "shot": [1]}]}, "Unknown config key 'methods[0].shot'. Did you mean "
+                                                     "'methods[0].shots'"),
+    ({"datasets": [{"data": {"root": "/x"}}]}, "datasets[0]: a dataset needs a name"),
+    ({"kind": None}, "bad.yaml: `kind` is missing"),
     ({"methods": [{"name": "x"}]}, "a method needs a preset"),
     ({"config": {"optim.lrr": 1}}, "Unknown config key 'optim.lrr'"),
     ({"methods": ["coop", "coop"]}, "two methods resolve to the run folder coop/ViT-B-16_openai/EuroSAT"),
-    ({"methods": ["linear_probe"], "evaluations": [{"subsample": "new"}]}, "a linear probe classifies"),
+    ({"methods": ["linear_probe"], "evaluations": [{"subsample": "new"}]}, "linear_probe classifies its training"),
+    ({"methods": ["coop_csc"], "evaluations": [{"subsample": "new"}]}, "coop classifies its training classes only"),
 ])
 def test_protocol_errors_name_the_problem(change, message):
     data = {"kind": "few_shot", "datasets": ["EuroSAT"], "methods": ["coop"], **change}
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         expand(parse_protocol(data, "bad", "bad.yaml"))
 
 

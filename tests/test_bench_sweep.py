@@ -5,9 +5,9 @@ import json
 import pytest
 
 from bench_fixtures import TINY, cli, fake_benchmarks
-from promptclip.bench.protocols import expand, load_protocol, split_overrides, write_manifest
+from promptclip.bench.protocols import write_manifest
 from promptclip.bench.report import write_report
-from promptclip.bench.sweep import run_sweep, status
+from promptclip.bench.sweep import plan_sweep, run_planned, run_sweep, status
 
 TWO = "datasets=[DescribableTextures,EuroSAT]"
 ZERO_SHOT_ONCE = "{preset: zeroshot, shots: [0], seeds: [1]}"
@@ -109,24 +109,23 @@ class Killed(Exception):
     """Stands for a kill in the middle of a run."""
 
 
-def sweep_runs(data, root):
-    """The runs of a small few-shot sweep, with its manifest written as ``bench`` does."""
-    keys, overrides, scoped = split_overrides([*common(data, root), TWO, "shots=[1]", "seeds=[1,2]",
-                                               "coop:train.epochs=2", f"methods=[{ZERO_SHOT_ONCE}, coop]"])
-    protocol = load_protocol("few_shot", keys)
-    runs = expand(protocol, overrides, scoped)
-    root.mkdir(parents=True)
-    write_manifest(protocol, runs, root, [])
-    return runs
+def sweep_plan(data, root):
+    """A small few-shot sweep, planned as ``bench`` plans it."""
+    return plan_sweep("few_shot", [*common(data, root), TWO, "shots=[1]", "seeds=[1,2]", "coop:train.epochs=2",
+                                   f"methods=[{ZERO_SHOT_ONCE}, coop]"])
 
 
 def test_a_killed_sweep_resumes_without_repeating_finished_runs(data, tmp_path):
     reference = tmp_path / "uninterrupted"
-    run_sweep(sweep_runs(data, reference), progress=False)
+    run_planned(sweep_plan(data, reference), progress=False)  # the library writes the manifest
+    assert len(json.loads((reference / "protocol-few_shot.json").read_text())["runs"]) == 6
     write_report(reference, plots=False)
 
     root = tmp_path / "killed"
-    runs = sweep_runs(data, root)
+    plan = sweep_plan(data, root)
+    runs = plan.runs
+    root.mkdir(parents=True)
+    write_manifest(plan.protocol, runs, root, [])
     epochs = []
 
     def kill_at_third_epoch(epoch):

@@ -19,7 +19,6 @@ from promptclip.engine.prompts import load_prompts, save_prompts
 from promptclip.errors import BackboneError, DataError, PromptclipError
 from promptclip.learners.base import LEARNERS
 from promptclip.learners.coop import CoOpConfig
-from promptclip.losses import IntraDispersion, IntraDispersionConfig, PrepareContext
 from promptclip.model import PromptedCLIP
 from promptclip.runs import PROMPTS, PROMPTS_META
 
@@ -285,32 +284,6 @@ def test_corrupt_feature_cache_file_is_recomputed_with_one_warning(tmp_path, cap
     assert len(logged) == 1 and str(cache.path("k")) in logged[0] and "again" in logged[0]
 
 
-def test_corrupt_dapt_prototype_cache_is_recomputed_with_one_warning(tiny, tmp_path, caplog):
-    features, labels = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
-    calls = []
-
-    def image_features(loader):
-        calls.append(1)
-        return features, labels
-
-    def prepare():
-        loss = IntraDispersion(IntraDispersionConfig())
-        loss.prepare(PrepareContext(backbone=tiny, train_loader=None, num_classes=3, cache_dir=tmp_path,
-                                    cache_key="draw", device=torch.device("cpu"), image_features=image_features))
-        return loss.prototypes
-
-    expected = prepare()
-    (path,) = tmp_path.glob("dapt-prototypes-*.safetensors")
-    path.write_bytes(random_bytes())
-    with caplog.at_level(logging.WARNING, logger="promptclip"):
-        assert torch.equal(prepare(), expected)
-        assert torch.equal(prepare(), expected)
-    assert len(calls) == 2  # once at first, once for the damaged file; then read from the rewritten cache
-    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(logged) == 1 and str(path) in logged[0]
-
-
-# ----------------------------------------------------------------------------------------------------- predict
 def test_predict_names_an_image_that_is_missing_or_not_an_image(run_dir, tmp_path):
     good = tmp_path / "good.png"
     Image.new("RGB", (40, 40), (200, 30, 30)).save(good)

@@ -12,11 +12,11 @@ from sklearn.metrics import f1_score
 from promptclip.config import OptimConfig, build_config
 from promptclip.engine import evaluate_run, load_prompts, run
 from promptclip.runs import default_run_dir as run_dir_for
-from promptclip.engine.evaluate import metrics_from_predictions, predict_loader
+from promptclip.engine.evaluation import metrics_from_predictions, predict_loader
 from promptclip.engine.trainer import lr_at
 from promptclip.errors import BackboneError, DataError
 from promptclip.data.loaders import eval_loader, transform_for
-from promptclip.engine.run import prepare_data
+from promptclip.engine.runner import prepare_data
 
 
 def config(root, tmp_path, *presets, **overrides):
@@ -189,7 +189,7 @@ def test_prompts_from_another_backbone_are_refused(digits_root, tmp_path):
 def test_evaluation_computes_class_features_once(digits_root, tmp_path, tiny):
     cfg = config(digits_root, tmp_path)
     ds = prepare_data(cfg)
-    from promptclip.engine.run import build_model
+    from promptclip.engine.runner import build_model
 
     model = build_model(cfg, tiny, ds)
     calls = []

@@ -73,60 +73,46 @@ def test_intra_dispersion_against_formula():
     assert "prototypes" not in loss.state_dict()  # derived from data, rebuilt by prepare
 
 
-class CountingLoader:
-    """(images, labels) batches; counts how often it is iterated."""
+def make_context(backbone, features, labels):
+    """A PrepareContext whose training split has the given frozen features; counts how often they are asked for."""
+    calls = []
 
-    def __init__(self, batches):
-        self.batches, self.passes = batches, 0
+    def train_features():
+        calls.append(1)
+        return features, labels
 
-    def __iter__(self):
-        self.passes += 1
-        return iter(self.batches)
-
-
-def make_context(backbone, loader, tmp_path, key="draw-1", image_features=None):
-    return PrepareContext(backbone=backbone, train_loader=loader, num_classes=3, cache_dir=tmp_path, cache_key=key,
-                          device=torch.device("cpu"), image_features=image_features)
+    context = PrepareContext(backbone=backbone, classnames=["cat", "dog", "car"], template="a photo of a {}.",
+                             dataset="", device=torch.device("cpu"), epochs=1, train_features=train_features)
+    return context, calls
 
 
-def test_prototypes_are_class_means_of_normalised_features_and_cached(backbone, tmp_path):
+def test_prototypes_are_class_means_of_the_frozen_features(backbone):
     g = torch.Generator().manual_seed(0)
-    batches = [(torch.randn(4, 3, 32, 32, generator=g), torch.tensor([0, 1, 2, 0])),
-               (torch.randn(2, 3, 32, 32, generator=g), torch.tensor([1, 0]))]
-    loader = CountingLoader(batches)
-    loss = IntraDispersion(IntraDispersionConfig())
-    loss.prepare(make_context(backbone, loader, tmp_path))
+    images, labels = torch.randn(6, 3, 32, 32, generator=g), torch.tensor([0, 1, 2, 0, 1, 0])
     with torch.no_grad():
-        z = F.normalize(torch.cat([backbone.encode_image(x) for x, _ in batches]), dim=-1)
-    labels = torch.cat([y for _, y in batches])
+        z = F.normalize(backbone.encode_image(images), dim=-1)
+    loss = IntraDispersion(IntraDispersionConfig())
+    context, calls = make_context(backbone, z, labels)
+    loss.prepare(context)
     expected = torch.stack([z[labels == c].mean(0) for c in range(3)])
     assert torch.allclose(loss.prototypes, expected, atol=1e-6)
     assert loss.prototypes[0].norm() < 0.999  # a mean of unit vectors, not renormalised
-    assert loader.passes == 1 and len(list(tmp_path.glob("dapt-prototypes-*.safetensors"))) == 1
-    again = IntraDispersion(IntraDispersionConfig())
-    again.prepare(make_context(backbone, loader, tmp_path))
-    assert loader.passes == 1 and torch.equal(again.prototypes, loss.prototypes)  # read from the cache
-    other = IntraDispersion(IntraDispersionConfig())
-    other.prepare(make_context(backbone, loader, tmp_path, key="draw-2"))
-    assert loader.passes == 2  # another draw: computed again
-
-
-def test_prototypes_from_feature_callable(backbone, tmp_path):
-    features = torch.tensor([[3.0, 4.0], [0.0, 2.0], [1.0, 0.0], [0.0, -5.0]])
-    labels = torch.tensor([0, 0, 1, 2])
-    loss = IntraDispersion(IntraDispersionConfig())
-    loss.prepare(make_context(backbone, CountingLoader([]), None, image_features=lambda loader: (features, labels)))
+    assert len(calls) == 1
+    by_hand, _ = make_context(backbone, torch.tensor([[3.0, 4.0], [0.0, 2.0], [1.0, 0.0], [0.0, -5.0]]),
+                              torch.tensor([0, 0, 1, 2]))
+    loss.prepare(by_hand)  # features are normalised before the means
     assert torch.allclose(loss.prototypes, torch.tensor([[0.3, 0.9], [1.0, 0.0], [0.0, -1.0]]))
 
 
-def test_dapt_trains_coop_and_vpt_with_both_losses(backbone, tmp_path):
+def test_dapt_trains_coop_and_vpt_with_both_losses(backbone):
     torch.manual_seed(0)
     classes = ["cat", "dog", "car"]
     g = torch.Generator().manual_seed(3)
     x, y = torch.randn(6, 3, 32, 32, generator=g), torch.tensor([0, 1, 2, 0, 1, 2])
     losses = {"dapt_inter": InterDispersion(InterDispersionConfig(weight=0.5)),
               "dapt_intra": IntraDispersion(IntraDispersionConfig(weight=5.0))}
-    losses["dapt_intra"].prepare(make_context(backbone, [(x, y)], tmp_path))
+    with torch.no_grad():
+        losses["dapt_intra"].prepare(make_context(backbone, F.normalize(backbone.encode_image(x), dim=-1), y)[0])
     model = PromptedCLIP(backbone, CoOp(CoOpConfig(n_ctx=4), backbone, classes),
                          VPT(VPTConfig(n_tokens=4), backbone, classes), losses)
     weights = {"ce": 1.0, "dapt_inter": 0.5, "dapt_intra": 5.0}

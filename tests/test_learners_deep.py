@@ -193,8 +193,11 @@ def test_vpt_init_and_dropout(load):
     v = VPT(VPTConfig(n_tokens=64, depth=2, dropout=0.5), b, CLASSES)
     bound = (6 / (3 * b.patch_size ** 2 + b.vision_width)) ** 0.5
     assert v.prompts.tokens.abs().max() <= bound and v.prompts.tokens.abs().max() > 0.95 * bound
-    v.train()
-    assert not torch.equal(v.vision_prompts(b).tokens[0], v.prompts.tokens[0])
+    v.train()  # per image (the default): dropout runs on the prompts expanded to the batch, inside encode_image
+    dropped = v.vision_prompts(b).for_batch(0, 3)
+    assert dropped.shape == (3, 64, b.vision_width) and not torch.equal(dropped[0], dropped[1])
+    shared = VPT(VPTConfig(n_tokens=64, depth=2, dropout=0.5, dropout_mode="shared"), b, CLASSES).train()
+    assert not torch.equal(shared.vision_prompts(b).tokens[0], shared.prompts.tokens[0])
     v.eval()
     assert torch.equal(v.vision_prompts(b).tokens[0], v.prompts.tokens[0])
     normal = VPT(VPTConfig(n_tokens=64, init="normal", init_std=0.02), b, CLASSES)

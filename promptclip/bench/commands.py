@@ -13,7 +13,9 @@ Finished runs are skipped and interrupted ones resume, so rerun the same command
 
 overrides:  seeds=[1] shots=[16] datasets=[DescribableTextures]  change the protocol's lists
             data.root=/data model.name=ViT-B-16                    set a config key in every run
-            coop:train.epochs=1                                    set a config key in one method's runs"""
+            coop:train.epochs=1                                    set a config key in one method's runs
+            'grid={optim.lr: [0.002, 0.02]}'                       tune: one run per value, chosen per dataset
+                                                                   on the validation split by `promptclip report`"""
 
 
 def add_bench_commands(subparsers) -> None:
@@ -44,23 +46,17 @@ def add_bench_commands(subparsers) -> None:
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    from .protocols import expand, load_protocol, split_overrides, sweep_root, write_manifest
-    from .sweep import parse_shard, run_sweep, shard
+    from .sweep import plan_sweep, run_planned
 
-    protocol_keys, common, scoped = split_overrides(args.overrides)
-    protocol = load_protocol(args.protocol, protocol_keys)
-    runs = expand(protocol, common, scoped)
-    root = sweep_root(protocol, common)
-    selected = shard(runs, *parse_shard(args.shard)) if args.shard else runs
-    where = f" (shard {args.shard}: {len(selected)})" if args.shard else ""
-    print(f"{protocol.name}: {len(runs)} runs{where} under {root}")
+    plan = plan_sweep(args.protocol, args.overrides, args.shard)
+    where = f" (shard {args.shard}: {len(plan.selected)})" if args.shard else ""
+    print(f"{plan.protocol.name}: {len(plan.runs)} runs{where} under {plan.root}")
     if args.dry_run:
-        print_weights(selected)
-        print_plan(selected)
+        print_weights(plan.selected)
+        print_plan(plan.selected)
         return 0
-    write_manifest(protocol, runs, root, args.overrides)
-    outcome = run_sweep(selected, gpus=args.gpus, keep_going=args.keep_going, progress=not args.no_progress,
-                        replace=args.replace)
+    outcome = run_planned(plan, gpus=args.gpus, keep_going=args.keep_going, progress=not args.no_progress,
+                          replace=args.replace)
     print(f"Finished {len(outcome.finished)} runs, {len(outcome.skipped)} were already done, "
           f"{len(outcome.failed)} failed, {len(outcome.busy)} busy in other processes, "
           f"{len(outcome.other)} not run (their folders hold runs made with other settings).")
@@ -71,7 +67,7 @@ def bench_command(args: argparse.Namespace) -> int:
     if outcome.other:
         print("  Those runs are not counted as done. Redo them with the protocol's settings with --replace, or give "
               "these settings another sweep folder (output.root=...).")
-    print(f"Tables: promptclip report {root}")
+    print(f"Tables: promptclip report {plan.root}")
     return 1 if outcome.failed or outcome.other else 0
 
 
@@ -108,6 +104,7 @@ def print_weights(runs: List["RunSpec"]) -> None:
 
 def _evaluations_text(spec: "RunSpec") -> str:
     names = [e.subsample if e.dataset == spec.dataset else e.dataset for e in spec.evaluations]
+    names += ["val"] if spec.validation is not None else []
     return "-" if not names else ", ".join(names) if len(names) <= 4 else f"{len(names)}: {', '.join(names[:3])}, ..."
 
 

@@ -20,6 +20,10 @@ how many shots and seeds, with which settings, and what to evaluate each run's p
     evaluations:                   # after training, each run's prompts are evaluated on
       - {subsample: new}           #   its own dataset's new classes
       - {datasets: [ImageNetV2, ImageNetA]}   # other datasets (all classes)
+    grid: {optim.lr: [0.002, 0.02]}   # every combination is a run; the report chooses per dataset on val
+
+The file is checked by :func:`promptclip.config.from_dict` against :class:`ProtocolFile` (the run configs'
+validator: types, choices, bounds, unknown keys with suggestions), then resolved into a :class:`Protocol`.
 
 A run's config is built from, later layers winning: the method's presets, ``config``, the method's ``config``, the
 dataset's ``data``, matching ``rules``, command-line overrides, command-line overrides scoped to the method
@@ -27,39 +31,127 @@ dataset's ``data``, matching ``rules``, command-line overrides, command-line ove
 itself; ``data.name`` from ``datasets``.
 Runs live in ``<output.root>/<method>/<backbone>/<dataset>/<subsample>/shots_<K>/seed_<S>`` (:mod:`promptclip.runs`);
 a dataset's aliases (``dtd``, ``DTD``) are its canonical name everywhere: folders, rules, ``{dataset}`` in presets.
+
+A ``grid`` (the protocol's, for every method that trains; or a method's own, which replaces it) makes each
+combination of its values a run of its own, in ``.../shots_<K>/<grid label>/seed_<S>`` (:func:`grid_label`), whose
+prompts are also evaluated on the run's validation split (:mod:`promptclip.engine.validation`); the report chooses,
+per method, backbone, dataset, classes and shots, the point with the best validation accuracy averaged over seeds.
+The grid's values win over every other layer; a command-line override of a key the grid tunes is refused.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import itertools
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union, get_args
 
-from .. import linear_probe, runs
-from ..config import (DEFAULT_TEXT, Config, from_dict, load_yaml, merge, parse_override, preset_dirs,
-                      read_yaml_mapping)
+from .. import runs
+from ..config import (DEFAULT_TEXT, Config, bounded, from_dict, load_yaml, merge, parse_override, preset_dirs,
+                      read_yaml_mapping, to_dict)
 from ..errors import ConfigError
 from ..registry import suggest
 from ..utils import atomic_write_json
 
-KINDS = ("few_shot", "base_to_new", "cross_dataset", "domain_generalization")
-PROTOCOL_KEYS = ("kind", "description", "datasets", "shots", "seeds", "subsample", "methods", "config", "rules",
-                 "evaluations")
-WHEN_KEYS = ("method", "dataset", "shots", "seed")
 #: keys the protocol sets itself, with the protocol key to use instead
 OWNED = {"seed": "seeds", "data.shots": "shots", "data.subsample": "subsample", "data.name": "datasets",
          "output.dir": "the run layout"}
 
 
-# ------------------------------------------------------------------------------------------------ the schema
+# ------------------------------------------------------------------------------------------------ the file's schema
+#: a protocol's report layout
+Kind = Literal["few_shot", "base_to_new", "cross_dataset", "domain_generalization"]
+KINDS = get_args(Kind)
+Names = Union[List[str], str]  # one name or a list of them
+Ints = Union[List[int], int]
+
+
+@dataclass
+class DatasetFile:
+    """A dataset entry: a registered name, or ``{name: LABEL, data: {...data.* settings}}``."""
+
+    #: the dataset's label in run folders and reports (a registered dataset's aliases become its canonical name)
+    name: Optional[str] = None
+    #: ``data.*`` settings of this dataset's runs
+    data: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MethodFile:
+    """A method entry: a preset name, or ``{preset, name, shots, seeds, config, grid}``."""
+
+    preset: Optional[Names] = None
+    #: the method's name in run folders and reports (default: the presets' method name)
+    name: Optional[str] = None
+    #: this method's shots and seeds instead of the protocol's
+    shots: Optional[Ints] = None
+    seeds: Optional[Ints] = bounded(None, ge=0)
+    config: Dict[str, Any] = field(default_factory=dict)
+    #: this method's grid instead of the protocol's (``grid: {}``: no tuning for this method)
+    grid: Optional[Dict[str, Any]] = None
+
+
+@dataclass
+class WhenFile:
+    method: Optional[Names] = None
+    dataset: Optional[Names] = None
+    shots: Optional[Ints] = None
+    seed: Optional[Ints] = None
+
+
+@dataclass
+class RuleFile:
+    when: WhenFile = field(default_factory=WhenFile)
+    set: Dict[str, Any] = field(default_factory=dict)
+    presets: Optional[Names] = None
+
+
+@dataclass
+class EvaluationFile:
+    #: other datasets to evaluate on (all their classes); none: the run's own dataset
+    datasets: Optional[Union[List[Union[DatasetFile, str]], DatasetFile, str]] = None
+    #: the classes to evaluate on (default all)
+    subsample: Optional[Literal["all", "base", "new"]] = None
+
+
+@dataclass
+class ProtocolFile:
+    """A protocol file as written; :func:`parse_protocol` checks it with :func:`promptclip.config.from_dict` (types,
+    choices, bounds, unknown keys with suggestions) and then resolves it into a :class:`Protocol`."""
+
+    kind: Optional[Kind] = None
+    description: str = ""
+    datasets: Optional[List[Union[DatasetFile, str]]] = None
+    shots: Ints = field(default_factory=lambda: [16])
+    seeds: Ints = bounded(default_factory=lambda: [1], ge=0)
+    #: the classes runs train on
+    subsample: Literal["all", "base"] = "all"
+    methods: Optional[List[Union[MethodFile, str]]] = None
+    config: Dict[str, Any] = field(default_factory=dict)
+    rules: List[RuleFile] = field(default_factory=list)
+    evaluations: List[EvaluationFile] = field(default_factory=list)
+    #: config key → values to try; every combination is a run of its own, chosen per dataset on the val split
+    grid: Dict[str, Any] = field(default_factory=dict)
+
+
+PROTOCOL_KEYS = tuple(f.name for f in dataclasses.fields(ProtocolFile))
+WHEN_KEYS = tuple(f.name for f in dataclasses.fields(WhenFile))
+
+
+# ------------------------------------------------------------------------------------------------ resolved
 @dataclass(frozen=True)
 class DatasetEntry:
     """A dataset as the protocol names it: ``label`` (run folders, reports) and its ``data.*`` settings."""
 
     label: str
     data: Dict[str, Any]
+
+
+Grid = Dict[str, Tuple[Any, ...]]  # config key → the values to try
 
 
 @dataclass(frozen=True)
@@ -69,6 +161,7 @@ class MethodEntry:
     shots: Optional[Tuple[int, ...]]
     seeds: Optional[Tuple[int, ...]]
     config: Dict[str, Any]
+    grid: Optional[Grid] = None  # None: the protocol's grid
 
 
 @dataclass(frozen=True)
@@ -100,6 +193,7 @@ class Protocol:
     rules: List[Rule]
     evaluations: List[Evaluation]
     source: str
+    grid: Grid = field(default_factory=dict)
 
 
 @dataclass
@@ -114,7 +208,8 @@ class EvalSpec:
 
 @dataclass
 class RunSpec:
-    """One run of a protocol: its resolved config, folder and evaluations."""
+    """One run of a protocol: its resolved config, folder and evaluations; a grid point also its grid values and
+    the file its validation accuracy goes to."""
 
     id: str  # the run folder relative to the sweep root
     method: str
@@ -126,6 +221,8 @@ class RunSpec:
     run_dir: Path
     identity: runs.Identity
     evaluations: List[EvalSpec] = field(default_factory=list)
+    grid: Dict[str, Any] = field(default_factory=dict)
+    validation: Optional[Path] = None
 
 
 # ------------------------------------------------------------------------------------------------ validation
@@ -133,38 +230,27 @@ def _error(where: str, message: str) -> ConfigError:
     return ConfigError(f"{where}: {message}")
 
 
-def _ints(value: Any, where: str) -> Tuple[int, ...]:
-    values = value if isinstance(value, list) else [value]
-    if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise _error(where, f"must be an integer or a non-empty list of integers, got {value!r}.")
-    return tuple(values)
+def _listed(value: Any, where: str) -> Tuple[Any, ...]:
+    """A checked one-or-list value as a non-empty tuple."""
+    values = tuple(value) if isinstance(value, list) else (value,)
+    if not values:
+        raise _error(where, "must not be an empty list.")
+    return values
 
 
-def _mapping(value: Any, where: str) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise _error(where, f"must be a mapping, got {value!r}.")
-    return value
-
-
-def _strings(value: Any, where: str) -> Tuple[str, ...]:
-    values = value if isinstance(value, list) else [value]
-    if not values or not all(isinstance(v, str) and v for v in values):
-        raise _error(where, f"must be a name or a list of names, got {value!r}.")
-    return tuple(values)
-
-
-def _unknown_keys(data: dict, allowed: Sequence[str], where: str) -> None:
-    for key in data:
-        if key not in allowed:
-            raise _error(where, f"unknown key {key!r}.{suggest(str(key), allowed)} Valid keys: {', '.join(allowed)}.")
+def _names(value: Any, where: str) -> Tuple[str, ...]:
+    values = _listed(value, where)
+    if not all(values):
+        raise _error(where, f"names must not be empty, got {value!r}.")
+    return values
 
 
 def nested(settings: Dict[str, Any], where: str) -> dict:
     """``{"optim.lr": 0.1, "train": {"epochs": 5}}`` → a nested config dict; refuses keys the protocol owns."""
+    if not isinstance(settings, dict):
+        raise _error(where, f"must be a mapping, got {settings!r}.")
     out: dict = {}
-    for key, value in _mapping(settings, where).items():
+    for key, value in settings.items():
         out = merge(out, parse_override(f"{key}={json.dumps(value)}"))
     for owned, instead in OWNED.items():
         node: Any = out
@@ -182,103 +268,101 @@ def _label(name: str, where: str) -> str:
         raise _error(where, str(err)) from None
 
 
-def _dataset(value: Any, where: str) -> DatasetEntry:
-    if isinstance(value, str) and value:
-        return DatasetEntry(_label(value, where), {"name": value})
-    entry = _mapping(value, where)
-    _unknown_keys(entry, ("name", "data"), where)
-    if not isinstance(entry.get("name"), str) or not entry["name"]:
+def _dataset(entry: Union[DatasetFile, str], where: str) -> DatasetEntry:
+    entry = DatasetFile(entry) if isinstance(entry, str) else entry
+    if not entry.name:
         raise _error(where, "a dataset needs a name (its label in run folders and reports).")
-    data = _mapping(entry.get("data"), f"{where}.data")
-    return DatasetEntry(_label(entry["name"], where), {"name": entry["name"], **copy.deepcopy(data)})
+    return DatasetEntry(_label(entry.name, where), {"name": entry.name, **copy.deepcopy(entry.data)})
 
 
-def _method(value: Any, where: str) -> MethodEntry:
-    if isinstance(value, str) and value:
-        return MethodEntry((value,), None, None, None, {})
-    entry = _mapping(value, where)
-    _unknown_keys(entry, ("preset", "name", "shots", "seeds", "config"), where)
-    if "preset" not in entry:
+def _method(entry: Union[MethodFile, str], where: str) -> MethodEntry:
+    entry = MethodFile(preset=entry) if isinstance(entry, str) else entry
+    if entry.preset is None:
         raise _error(where, "a method needs a preset (e.g. {preset: coop}).")
-    name = entry.get("name")
-    if name is not None and not isinstance(name, str):
-        raise _error(f"{where}.name", f"must be a name usable as a folder, got {name!r}.")
-    if name is not None:
+    if entry.name is not None:
         try:
-            runs.safe_component(name, "method name")
+            runs.safe_component(entry.name, "method name")
         except ConfigError as err:
             raise _error(f"{where}.name", str(err)) from None
-    return MethodEntry(_strings(entry["preset"], f"{where}.preset"), name,
-                       _ints(entry["shots"], f"{where}.shots") if "shots" in entry else None,
-                       _ints(entry["seeds"], f"{where}.seeds") if "seeds" in entry else None,
-                       nested(entry.get("config"), f"{where}.config"))
+    return MethodEntry(_names(entry.preset, f"{where}.preset"), entry.name,
+                       _listed(entry.shots, f"{where}.shots") if entry.shots is not None else None,
+                       _listed(entry.seeds, f"{where}.seeds") if entry.seeds is not None else None,
+                       nested(entry.config, f"{where}.config"),
+                       _grid(entry.grid, f"{where}.grid") if entry.grid is not None else None)
 
 
-def _rule(value: Any, where: str) -> Rule:
-    entry = _mapping(value, where)
-    _unknown_keys(entry, ("when", "set", "presets"), where)
-    if "set" not in entry and "presets" not in entry:
+def _rule(entry: RuleFile, where: str) -> Rule:
+    if not entry.set and entry.presets is None:
         raise _error(where, "a rule needs `set` (config keys) or `presets` (applied when `when` matches).")
-    when = _mapping(entry.get("when"), f"{where}.when")
-    _unknown_keys(when, WHEN_KEYS, f"{where}.when")
-    conditions = {key: (_ints(v, f"{where}.when.{key}") if key in ("shots", "seed") else
-                        _strings(v, f"{where}.when.{key}")) for key, v in when.items()}
+    conditions = {key: _listed(getattr(entry.when, key), f"{where}.when.{key}") for key in WHEN_KEYS
+                  if getattr(entry.when, key) is not None}
     if "dataset" in conditions:
         conditions["dataset"] = tuple(runs.canonical_dataset(d) for d in conditions["dataset"])
-    presets = _strings(entry["presets"], f"{where}.presets") if "presets" in entry else ()
-    return Rule(conditions, nested(entry.get("set"), f"{where}.set"), presets)
+    presets = _names(entry.presets, f"{where}.presets") if entry.presets is not None else ()
+    return Rule(conditions, nested(entry.set, f"{where}.set"), presets)
 
 
-def _evaluations(value: Any, where: str) -> List[Evaluation]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise _error(where, f"must be a list of evaluations, got {value!r}.")
+def _evaluations(entries: List[EvaluationFile], where: str) -> List[Evaluation]:
     out: List[Evaluation] = []
-    for i, item in enumerate(value):
+    for i, entry in enumerate(entries):
         here = f"{where}[{i}]"
-        entry = _mapping(item, here)
-        _unknown_keys(entry, ("datasets", "subsample"), here)
-        subsample = entry.get("subsample", "all")
-        if subsample not in ("all", "base", "new"):
-            raise _error(f"{here}.subsample", f"must be all, base or new, not {subsample!r}.")
-        if "datasets" in entry:
-            names = entry["datasets"] if isinstance(entry["datasets"], list) else [entry["datasets"]]
-            out += [Evaluation(_dataset(d, f"{here}.datasets[{j}]"), subsample) for j, d in enumerate(names)]
-        elif "subsample" in entry:
+        subsample = entry.subsample or "all"
+        if entry.datasets is not None:
+            out += [Evaluation(_dataset(d, f"{here}.datasets[{j}]"), subsample)
+                    for j, d in enumerate(_listed(entry.datasets, f"{here}.datasets"))]
+        elif entry.subsample is not None:
             out.append(Evaluation(None, subsample))
         else:
             raise _error(here, "say what to evaluate on: `datasets` (other datasets) and/or `subsample` (new).")
     return out
 
 
+def _value_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _grid(grid: Dict[str, Any], where: str) -> Grid:
+    """Each key's values as a tuple; keys the protocol owns and repeated values are refused. Whether a key is a
+    config key is checked against each method's config by :func:`expand`."""
+    out: Grid = {}
+    for key, values in grid.items():
+        here = f"{where}.{key}"
+        if not isinstance(values, list) or not values:
+            raise _error(here, f"must be a non-empty list of the values to try (one value: [{_value_text(values)}]), "
+                               f"got {values!r}.")
+        nested({key: values[0]}, f"{where}")
+        texts = [_value_text(v) for v in values]
+        repeated = next((t for i, t in enumerate(texts) if t in texts[:i]), None)
+        if repeated is not None:
+            raise _error(here, f"lists {repeated} twice: each value is one run, give it once.")
+        out[str(key)] = tuple(values)
+    return out
+
+
 def parse_protocol(data: dict, name: str, source: str) -> Protocol:
-    """Validate a protocol mapping; every error names the file and the key."""
-    where = source
-    data = _mapping(data, where)
-    _unknown_keys(data, PROTOCOL_KEYS, where)
+    """Validate a protocol mapping with the run configs' typed validator (:class:`ProtocolFile`), then resolve it;
+    every error names the file and the key."""
+    if not isinstance(data, dict):
+        raise _error(source, f"must hold a mapping of protocol keys ({', '.join(PROTOCOL_KEYS)}), got {data!r}.")
+    try:
+        spec = from_dict(ProtocolFile, data, context="a protocol")
+    except ConfigError as err:
+        raise _error(source, str(err)) from None
     for key in ("kind", "datasets", "methods"):
-        if key not in data:
-            raise _error(where, f"`{key}` is missing.")
-    if data["kind"] not in KINDS:
-        raise _error(f"{where}: kind", f"must be one of {', '.join(KINDS)}, not {data['kind']!r}.")
-    subsample = data.get("subsample", "all")
-    if subsample not in ("all", "base"):
-        raise _error(f"{where}: subsample", f"runs train on all or base classes, not {subsample!r}.")
-    for key in ("datasets", "methods", "rules"):
-        if not isinstance(data.get(key, []), list):
-            raise _error(f"{where}: {key}", f"must be a list, got {data[key]!r}.")
+        if getattr(spec, key) is None:
+            raise _error(source, f"`{key}` is missing.")
     return Protocol(
-        name=name, kind=data["kind"], description=str(data.get("description", "")),
-        datasets=[_dataset(d, f"{where}: datasets[{i}]") for i, d in enumerate(data["datasets"])],
-        shots=list(_ints(data.get("shots", [16]), f"{where}: shots")),
-        seeds=list(_ints(data.get("seeds", [1]), f"{where}: seeds")),
-        subsample=subsample,
-        methods=[_method(m, f"{where}: methods[{i}]") for i, m in enumerate(data["methods"])],
-        config=nested(data.get("config"), f"{where}: config"),
-        rules=[_rule(r, f"{where}: rules[{i}]") for i, r in enumerate(data.get("rules", []))],
-        evaluations=_evaluations(data.get("evaluations"), f"{where}: evaluations"),
+        name=name, kind=spec.kind, description=spec.description,
+        datasets=[_dataset(d, f"{source}: datasets[{i}]") for i, d in enumerate(spec.datasets)],
+        shots=list(_listed(spec.shots, f"{source}: shots")),
+        seeds=list(_listed(spec.seeds, f"{source}: seeds")),
+        subsample=spec.subsample,
+        methods=[_method(m, f"{source}: methods[{i}]") for i, m in enumerate(spec.methods)],
+        config=nested(spec.config, f"{source}: config"),
+        rules=[_rule(r, f"{source}: rules[{i}]") for i, r in enumerate(spec.rules)],
+        evaluations=_evaluations(spec.evaluations, f"{source}: evaluations"),
         source=source,
+        grid=_grid(spec.grid, f"{source}: grid"),
     )
 
 
@@ -362,9 +446,54 @@ def sweep_root(protocol: Protocol, overrides: Sequence[str] = ()) -> Path:
     return Path(_build(layers, f"{protocol.source}: config").output.root)
 
 
+def grid_points(grid: Grid) -> List[Dict[str, Any]]:
+    """Every combination of the grid's values, the first key varying slowest; ``[{}]`` for no grid."""
+    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+
+_FOLDER_UNSAFE = re.compile(r"[^A-Za-z0-9._+@-]")
+
+
+def grid_label(point: Dict[str, Any]) -> str:
+    """A grid point as one folder name: ``optim.lr=0.002,losses.dapt_inter.weight=0.1``. Values that do not read
+    well in a folder name (lists, paths) have their other characters replaced and a hash of the exact point added,
+    so two points never share a name."""
+    texts = {key: json.dumps(v, separators=(",", ":")) if not isinstance(v, str) else v for key, v in point.items()}
+    label = ",".join(f"{key}={_FOLDER_UNSAFE.sub('_', text)}" for key, text in texts.items())
+    if any(_FOLDER_UNSAFE.search(f"{key}{text}") for key, text in texts.items()) or len(label) > 120:
+        digest = hashlib.sha256(json.dumps(point, sort_keys=True).encode()).hexdigest()[:8]
+        label = f"{label[:100]}-{digest}"
+    return runs.safe_component(label, "grid point")
+
+
+def _method_grid(protocol: Protocol, method: MethodEntry, base: Config, cli_keys: Sequence[str], where: str) -> Grid:
+    """The grid ``method`` is tuned over, with every key checked against its config: a key must be a config key
+    (with a suggestion otherwise), must not add a loss or callback the method does not have, and must not also be
+    overridden on the command line. The protocol's grid applies to methods that train; a method's own ``grid`` always."""
+    if method.grid is not None:
+        grid = method.grid
+    else:
+        grid = protocol.grid if runs.effective_shots(base) != 0 else {}
+    for key, values in grid.items():
+        here = f"{where}: grid key {key!r}"
+        _build([to_dict(base), parse_override(f"{key}={json.dumps(values[0])}")], here)
+        section, part = (key.split(".") + [""])[:2]
+        if section in ("losses", "callbacks") and part not in getattr(base, section, {}):
+            kind = {"losses": "loss", "callbacks": "callback"}[section]
+            raise ConfigError(f"{here}: {base.method_name} has no {kind} {part!r} (its {section}: "
+                              f"{', '.join(getattr(base, section, {})) or 'none'}); the grid would add one. Give "
+                              f"the grid to the methods that have it: {{preset: ..., grid: {{{key}: [...]}}}}.")
+        clash = next((k for k in cli_keys if k == key or k.startswith(key + ".") or key.startswith(k + ".")), None)
+        if clash is not None:
+            raise ConfigError(f"{here}: the override {clash} sets a key the grid tunes; change the grid instead "
+                              f"(e.g. grid={{{key}: [...]}}).")
+    return grid
+
+
 def expand(protocol: Protocol, overrides: Sequence[str] = (), scoped: Optional[Dict[str, List[str]]] = None
            ) -> List[RunSpec]:
-    """Every run of ``protocol`` (methods × datasets × shots × seeds), in that order, with resolved configs."""
+    """Every run of ``protocol`` (methods × datasets × shots × seeds × grid points), in that order, with resolved
+    configs. A grid point's runs live in ``.../shots_<K>/<grid label>/seed_<S>``."""
     scoped = scoped or {}
     cli = [parse_override(text) for text in overrides]
     root = sweep_root(protocol, overrides)
@@ -375,8 +504,10 @@ def expand(protocol: Protocol, overrides: Sequence[str] = (), scoped: Optional[D
         named = _build([*presets, protocol.config, method.config, *cli], f"{protocol.source}: {method.presets}")
         name = method.name or named.method_name
         method_names |= {name, *method.presets}
-        mine = [parse_override(t) for scope, texts in scoped.items() if scope in (name, *method.presets)
-                for t in texts]
+        mine_texts = [t for scope, texts in scoped.items() if scope in (name, *method.presets) for t in texts]
+        mine = [parse_override(t) for t in mine_texts]
+        cli_keys = [t.split("=", 1)[0].strip() for t in [*overrides, *mine_texts]]
+        grid = _method_grid(protocol, method, named, cli_keys, f"{protocol.source}: {name}")
         named_method = {"method": name} if method.name else {}
         for dataset in protocol.datasets:
             for shots in method.shots or protocol.shots:
@@ -389,25 +520,42 @@ def expand(protocol: Protocol, overrides: Sequence[str] = (), scoped: Optional[D
                             rule_layers.append(rule.set)
                     owned = {"seed": seed, "data": {"shots": shots, "subsample": protocol.subsample},
                              **named_method}
-                    cfg = _build([*presets, protocol.config, method.config, {"data": dataset.data}, *rule_layers,
-                                  *cli, *mine, owned], where)
-                    cfg = runs.resolve(cfg)
-                    run_dir = runs.run_path(root, name, runs.backbone_label(cfg.model.name, cfg.model.pretrained),
-                                            dataset.label, protocol.subsample, cfg.data.shots, seed)
-                    cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, dir=str(run_dir)))
-                    identity = runs.Identity.of(cfg)
-                    specs.append(RunSpec(str(run_dir.relative_to(root)), name, dataset.label, protocol.subsample,
-                                         cfg.data.shots, seed, cfg, run_dir, identity,
-                                         _eval_specs(protocol, cfg, identity, dataset, where)))
+                    for point in grid_points(grid):
+                        specs.append(_spec(protocol, root, name, dataset, point, where, [
+                            *presets, protocol.config, method.config, {"data": dataset.data}, *rule_layers, *cli,
+                            *mine, nested(point, f"{where}: grid"), owned]))
     _check(protocol, specs, method_names, scoped)
     return specs
 
 
+def _spec(protocol: Protocol, root: Path, name: str, dataset: DatasetEntry, point: Dict[str, Any], where: str,
+          layers: Sequence[dict]) -> RunSpec:
+    """One run: its config from ``layers``, its folder (a grid point's one level above its seed), evaluations."""
+    if point:
+        where = f"{where} {grid_label(point)}"
+    cfg = runs.resolve(_build(layers, where))
+    run_dir = runs.run_path(root, name, runs.backbone_label(cfg.model.name, cfg.model.pretrained), dataset.label,
+                            protocol.subsample, cfg.data.shots, cfg.seed)
+    if point:
+        run_dir = run_dir.parent / grid_label(point) / run_dir.name
+    cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, dir=str(run_dir)))
+    identity = runs.Identity.of(cfg)
+    validation = None
+    if point:
+        from ..engine.validation import validation_file
+
+        validation = validation_file(cfg, identity.fingerprint)
+    return RunSpec(str(run_dir.relative_to(root)), name, dataset.label, protocol.subsample, cfg.data.shots,
+                   cfg.seed, cfg, run_dir, identity, _eval_specs(protocol, cfg, identity, dataset, where),
+                   dict(point), validation)
+
+
 def _eval_specs(protocol: Protocol, cfg: Config, identity: runs.Identity, dataset: DatasetEntry, where: str
                 ) -> List[EvalSpec]:
-    if protocol.evaluations and linear_probe.is_linear_probe(cfg):
-        raise ConfigError(f"{where}: a linear probe classifies its training classes only; it cannot be evaluated on "
-                          f"other classes or datasets. Remove it from this protocol.")
+    if protocol.evaluations and not cfg.text.transfers_to_new_classes:
+        raise ConfigError(f"{where}: {cfg.text.name} classifies its training classes only (its weights are per "
+                          f"training class); it cannot be evaluated on other classes or datasets. Remove it from this "
+                          f"protocol.")
     specs = []
     for evaluation in protocol.evaluations:
         target = evaluation.dataset or dataset
@@ -420,7 +568,7 @@ def _eval_specs(protocol: Protocol, cfg: Config, identity: runs.Identity, datase
 
 def eval_spec(cfg: Config, identity: runs.Identity, label: str, subsample: str, overrides: List[str]) -> EvalSpec:
     """An evaluation of the run ``cfg`` with ``overrides``, and the file :func:`evaluate_run` writes it to."""
-    from ..engine.run import evaluation_config
+    from ..engine.runner import evaluation_config
 
     evaluation = runs.eval_identity(evaluation_config(cfg, overrides), identity.fingerprint)
     return EvalSpec(label, subsample, overrides, runs.eval_file(cfg.output.dir, label, subsample, evaluation))
@@ -440,7 +588,8 @@ def _check(protocol: Protocol, runs: List[RunSpec], method_names: set, scoped: D
 
 
 def write_manifest(protocol: Protocol, specs: List[RunSpec], root: Path, overrides: Sequence[str]) -> Path:
-    """``root/protocol-<name>.json``: the sweep's kind and every planned run and evaluation, for the report."""
+    """``root/protocol-<name>.json``: the sweep's kind and every planned run and evaluation, for the report; a grid
+    point's run also its grid values, their folder label and its validation file (what the report selects on)."""
     root = Path(root)
 
     def rel(path: Path) -> str:
@@ -454,7 +603,9 @@ def write_manifest(protocol: Protocol, specs: List[RunSpec], root: Path, overrid
                   "seed": r.seed, "model": r.config.model.name, "pretrained": r.config.model.pretrained,
                   "dir": rel(r.run_dir), "fingerprint": r.identity.fingerprint,
                   "evaluations": [{"dataset": e.dataset, "subsample": e.subsample, "file": rel(e.file)}
-                                  for e in r.evaluations]}
+                                  for e in r.evaluations],
+                  **({"grid": r.grid, "setting": grid_label(r.grid), "validation": rel(r.validation)}
+                     if r.grid else {})}
                  for r in specs],
     })
     return path

@@ -9,6 +9,12 @@ planned run, so runs still missing are named and never silently averaged over) o
   comes from the averaged B and N, as the papers compute it;
 - cross-dataset / domain generalization: the source dataset, each target, and the average over the targets.
 
+A sweep with a ``grid`` is first reduced to the chosen settings (:func:`select`): per method, backbone, dataset,
+classes and shots, the grid point with the best validation accuracy averaged over seeds (ties: the first in grid
+order). Only the chosen point's runs enter the tables above; a "Tuning" table shows each choice, its validation
+accuracy and the test accuracy of the chosen runs. A group is chosen only when every run of every point has its
+validation accuracy; until then it is listed as pending and left out. Test accuracy never takes part in choosing.
+
 Every run contributes every metric it has (``EVALUATION_METRICS`` of its test and evaluations, ``RUN_METRICS`` of
 the run); each entry of ``SUMMARY_METRICS`` adds a table of that metric after the protocol's own.
 
@@ -54,6 +60,7 @@ RUN_METRICS: Dict[str, Callable[[dict], Optional[float]]] = {
 SUMMARY_METRICS = {"macro_f1": ("Macro-F1 (%)", "{:.2f}"), "parameters": ("Learned parameters", "{:,.0f}"),
                    "train_seconds": ("Training time (s)", "{:.1f}")}
 RUN = ("", "")  # the (target, classes) key of run metrics
+VALIDATION = "val_accuracy"  # a grid run's accuracy on its validation split
 
 
 @dataclass
@@ -71,6 +78,8 @@ class Record:
     pretrained: Optional[str]
     values: Dict[Tuple[str, str, str], Optional[float]] = field(default_factory=dict)
     problems: List[str] = field(default_factory=list)  # why a result present on disk is not used
+    grid: Dict[str, object] = field(default_factory=dict)  # a grid point's values ({}: not a grid run)
+    setting: str = ""  # the grid point's label (its folder name)
 
     def get(self, metric: str = "accuracy", target: Optional[str] = None, classes: Optional[str] = None
             ) -> Optional[float]:
@@ -89,15 +98,20 @@ class Record:
         own = (self.dataset, self.subsample)
         return _unique((t, c) for t, c, _ in self.values if (t, c) not in (own, RUN))
 
+    @property
+    def validation(self) -> Optional[float]:
+        """The run's accuracy on its own validation split (grid runs), what tuning chooses on."""
+        return self.values.get((self.dataset, self.subsample, VALIDATION))
+
     def add(self, target: str, classes: str, data: Optional[dict], metrics=EVALUATION_METRICS) -> None:
         for name, read in metrics.items():
             self.values[(target, classes, name)] = read(data) if data is not None else None
 
     def long(self) -> List[dict]:
         """One row per value: the long-format table every report table is a pivot of."""
-        return [{"run": self.id, "method": self.method, "dataset": self.dataset, "subsample": self.subsample,
-                 "shots": self.shots, "seed": self.seed, "model": self.model, "pretrained": self.pretrained or "",
-                 "target": target, "classes": classes, "metric": metric, "value": "" if value is None else value}
+        return [{"run": self.id, "method": self.method, "setting": self.setting, "dataset": self.dataset,
+                 "subsample": self.subsample, "shots": self.shots, "seed": self.seed, "model": self.model,
+                 "pretrained": self.pretrained or "", "target": target, "classes": classes, "metric": metric, "value": "" if value is None else value}
                 for (target, classes, metric), value in self.values.items()]
 
 
@@ -116,13 +130,16 @@ class Sweep:
                 lines.append(f"{r.id}: not finished")
             lines += [f"{r.id}: evaluation on {d} ({s} classes) missing" for d, s in r.evaluations
                       if r.get("accuracy", d, s) is None and r.accuracy is not None]
+            if r.grid and r.accuracy is not None and r.validation is None:
+                lines.append(f"{r.id}: validation missing")
         return lines
 
 
-def _read(path: Path, what: str, problems: List[str], fingerprint: Optional[str] = None) -> Optional[dict]:
+def _read(path: Path, what: str, problems: List[str], fingerprint: Optional[str] = None, key: str = "test"
+          ) -> Optional[dict]:
     """A result file, or None (with the reason in ``problems``) when it is damaged or from other settings."""
     try:
-        data = runs.read_json(path, what, ("test",))
+        data = runs.read_json(path, what, (key,))
     except runs.CorruptFile as err:
         problems.append(f"{err} Not counted; rerun the sweep to redo it.")
         return None
@@ -149,6 +166,12 @@ def _from_manifest(path: Path) -> Sweep:
         record = _record(run["id"], run, result, problems)
         for e in run["evaluations"]:
             record.add(e["dataset"], e["subsample"], _read(e["path"], "an evaluation result", problems))
+        if run.get("grid"):
+            record.grid, record.setting = dict(run["grid"]), str(run.get("setting", ""))
+            validation = _read(runs.inside(path.parent, run.get("validation"), str(path)), "a validation result",
+                               problems, key="val")
+            record.values[(record.dataset, record.subsample, VALIDATION)] = \
+                validation["val"].get("accuracy") if validation is not None else None
         records.append(record)
     return Sweep(data["protocol"], data["kind"], data.get("description", ""), records)
 
@@ -167,7 +190,13 @@ def _from_results(root: Path) -> Tuple[List[Sweep], List[str]]:
             unreadable += [f"{run_id}: {problem}" for problem in problems]
             continue
         record = _record(run_id, result, result, problems)
+        point = path.parent.parent
+        if "=" in point.name and point.parent.name.startswith(("shots_", "all_shots")):  # never mix grid points
+            record.setting = point.name
+            record.method = f"{record.method} [{record.setting}]"
         for file in sorted((path.parent / runs.EVALS).glob("*.json")):
+            if _is_validation(file):  # chosen on only with the sweep's manifest, which names the grid
+                continue
             evaluation = _read(file, "an evaluation result", problems)
             if evaluation is not None:
                 record.add(evaluation.get("label", evaluation.get("dataset")), evaluation.get("subsample", "all"),
@@ -181,6 +210,14 @@ def _from_results(root: Path) -> Tuple[List[Sweep], List[str]]:
                   f"Runs of kind {kind.replace('_', ' ')} on {model} ({pretrained or 'random weights'}), trained on "
                   f"{subsample} classes.", members)
             for (kind, model, pretrained, subsample), members in groups.items()], unreadable
+
+
+def _is_validation(path: Path) -> bool:
+    try:
+        data = runs.read_json(path, "an evaluation result")
+    except runs.CorruptFile:
+        return False
+    return data is not None and data.get("split") == "val"
 
 
 def _infer_kind(records: Sequence[Record]) -> str:
@@ -257,6 +294,72 @@ def _diff(ours: Optional[float], published: Optional[Number]) -> Optional[float]
 
 def _signed(value: Optional[float]) -> str:
     return "—" if value is None else f"{value:+.2f}"
+
+
+# ------------------------------------------------------------------------------------------------ tuning
+@dataclass
+class Choice:
+    """The grid point chosen for one (method, backbone, dataset, classes, shots) on the validation split."""
+
+    method: str
+    model: str
+    pretrained: Optional[str]
+    dataset: str
+    subsample: str
+    shots: int
+    setting: str  # the chosen point's label
+    grid: Dict[str, object]  # the chosen point's values
+    validation: Stat  # its validation accuracy over seeds (what chose it)
+    test: Optional[Stat]  # its test accuracy over seeds (reported, never used to choose)
+    points: int  # grid points compared
+
+
+def _group_key(r: Record) -> tuple:
+    return r.method, r.model, r.pretrained, r.dataset, r.subsample, r.shots
+
+
+def select(records: Sequence[Record]) -> Tuple[List[Record], List[Choice], List[str]]:
+    """Reduce grid runs to the chosen settings: per (method, backbone, dataset, classes, shots) the grid point with
+    the best mean validation accuracy over seeds (ties: the first in grid order). Returns the records to tabulate
+    (runs without a grid, and the chosen points' runs), the choices, and the groups still waiting for validations
+    (left out until every run of every point has one)."""
+    kept = [r for r in records if not r.grid]
+    choices: List[Choice] = []
+    pending: List[str] = []
+    for key, rows in _group([r for r in records if r.grid], _group_key).items():
+        points = _group(rows, lambda r: r.setting)
+        missing = sum(r.validation is None for r in rows)
+        if missing:
+            method, _, _, dataset, subsample, shots = key
+            pending.append(f"{method} {dataset} {subsample} shots {shots}: tuning waits for {missing} of {len(rows)} "
+                           f"validation results; nothing chosen yet")
+            continue
+        scores = {setting: stat([r.validation for r in members]) for setting, members in points.items()}
+        best = max(scores, key=lambda setting: scores[setting].mean)  # max keeps the first of equal scores
+        chosen = points[best]
+        kept += chosen
+        first = chosen[0]
+        choices.append(Choice(first.method, first.model, first.pretrained, first.dataset, first.subsample, first.shots,
+                              best, first.grid, scores[best], stat([r.accuracy for r in chosen]), len(points)))
+    return kept, choices, pending
+
+
+def tuning_table(sweep: Sweep, choices: Sequence[Choice]) -> Table:
+    """One row per choice: the chosen values, the validation accuracy that chose them, their test accuracy."""
+    table = Table("Tuning: settings chosen on the validation split", ["method", "shots", "dataset", "chosen",
+                                                                       "val acc (%)", "test acc (%)", "points"])
+    for c in choices:
+        values = ", ".join(f"{k}={v}" for k, v in c.grid.items())
+        table.rows.append([c.method, str(c.shots), c.dataset, values, c.validation.text(),
+                           c.test.text() if c.test else "—", str(c.points)])
+        table.csv.append({"protocol": sweep.name, "method": c.method, "model": c.model,
+                          "pretrained": c.pretrained or "", "dataset": c.dataset, "subsample": c.subsample,
+                          "shots": c.shots, "setting": c.setting, **{f"grid.{k}": v for k, v in c.grid.items()},
+                          "val_mean": _round(c.validation.mean), "val_std": _round(c.validation.std),
+                          "test_mean": _round(c.test.mean if c.test else None),
+                          "test_std": _round(c.test.std if c.test else None),
+                          "seeds": c.validation.n, "points": c.points})
+    return table
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -490,7 +593,8 @@ class Report:
     csvs: List[Path]
     plots: List[Path]
     missing: List[str]
-    tables: Dict[str, Table]  # protocol name → its table
+    tables: Dict[str, Table]  # protocol name → its table (and "<name>-tuning" → its tuning table)
+    choices: Dict[str, List[Choice]] = field(default_factory=dict)  # protocol name → its tuning choices
 
 
 def write_report(directory: Path, out: Optional[Path] = None, plots: bool = True) -> Report:
@@ -508,7 +612,9 @@ def write_report(directory: Path, out: Optional[Path] = None, plots: bool = True
     report = Report(out / "report.md", [], [], [], {})
     can_plot = plots and _matplotlib_available()
     for sweep in sweeps:
-        table, plot_data = TABLES[sweep.kind](sweep)
+        chosen, choices, pending = select(sweep.records)
+        tabulated = Sweep(sweep.name, sweep.kind, sweep.description, chosen)
+        table, plot_data = TABLES[sweep.kind](tabulated)
         report.tables[sweep.name] = table
         models = sorted({f"{r.model} ({r.pretrained or 'random weights'})" for r in sweep.records})
         lines += [f"## {sweep.name} ({sweep.kind.replace('_', ' ')})", ""]
@@ -516,21 +622,26 @@ def write_report(directory: Path, out: Optional[Path] = None, plots: bool = True
         lines += [f"Backbone: {', '.join(models)}. Cells: mean ± std over seeds; {DAGGER} fewer seeds than planned. "
                   "Published numbers are shown only for runs on the published backbone with OpenAI weights; "
                   "\"as recalled\" ones are not yet checked against the papers.", "", table.markdown(), ""]
+        csvs = [(out / f"{sweep.name}.csv", table.csv)]
+        if choices or pending:
+            tuning = tuning_table(sweep, choices)
+            report.tables[f"{sweep.name}-tuning"] = tuning
+            report.choices[sweep.name] = choices
+            lines += ["Grid runs: the tables show the settings chosen per dataset on the validation split (the "
+                      "runs' own val images; never the test split).", "", tuning.markdown(), ""]
+            csvs.append((out / f"{sweep.name}-tuning.csv", tuning.csv))
         for metric in SUMMARY_METRICS:
-            extra = metric_table(sweep, metric)
+            extra = metric_table(tabulated, metric)
             lines += [extra.markdown(), ""] if extra is not None else []
-        long = [row for r in sweep.records for row in r.long()]
-        for path, rows in ((out / f"{sweep.name}.csv", table.csv), (out / f"{sweep.name}-runs.csv", long)):
-            with path.open("w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["protocol"])
-                writer.writeheader()
-                writer.writerows(rows)
+        csvs.append((out / f"{sweep.name}-runs.csv", [row for r in sweep.records for row in r.long()]))
+        for path, rows in csvs:
+            _write_csv(path, rows)
             report.csvs.append(path)
         if can_plot and sweep.kind in PLOTS:
             paths = PLOTS[sweep.kind](plot_data, out, sweep.name)
             report.plots += paths
             lines += [f"![{p.stem}]({p.name})" for p in paths] + [""]
-        missing = sweep.missing()
+        missing = sweep.missing() + pending
         report.missing += missing
         planned = len(sweep.records)
         done = sum(r.accuracy is not None for r in sweep.records)
@@ -546,6 +657,13 @@ def write_report(directory: Path, out: Optional[Path] = None, plots: bool = True
         log.warning("Plots skipped: matplotlib is not installed (pip install 'promptclip[plot]').")
     report.markdown.write_text("\n".join(lines) + "\n")
     return report
+
+
+def _write_csv(path: Path, rows: Sequence[dict]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=_unique(k for row in rows for k in row) or ["protocol"])
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _matplotlib_available() -> bool:

@@ -12,7 +12,7 @@ import torch
 from ..backbone import FrozenCLIP
 from ..config import build_config
 from ..engine.precision import autocast
-from ..engine.run import build_model
+from ..engine.runner import build_model
 from ..data.base import Dataset
 
 

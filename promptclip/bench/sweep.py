@@ -8,6 +8,11 @@ another sharing the file system) is skipped as busy, so several workers may shar
 ``--shard i/n`` takes every n-th run starting at i (0-based), so n jobs (a SLURM array) share a sweep without
 overlapping, provided they use the same protocol and overrides.
 
+A grid point's run (a protocol with ``grid``) is also evaluated on its validation split; before it trains, its
+dataset is checked to have a val split apart from its test split, so a grid on ImageNet fails at once, not after
+training. :func:`plan_sweep` and :func:`run_planned` are what ``promptclip bench`` calls: the library writes the
+sweep's manifest, the command line only parses arguments.
+
 With ``gpus > 0`` each run is a subprocess (``python -m promptclip.bench.sweep RUN_DIR/sweep-run.json``) with
 ``CUDA_VISIBLE_DEVICES`` set to one GPU; its log goes to ``RUN_DIR/sweep.log``.
 """
@@ -26,11 +31,13 @@ from tqdm.auto import tqdm
 
 from .. import runs
 from ..config import Config, from_dict, to_dict
-from ..engine.run import evaluate_run, run
+from ..engine.runner import evaluate_run, run
 from ..engine.trainer import duration, show_bars
+from ..engine.validation import require_validation_split, validate_run, validation_file
 from ..errors import ConfigError
 from ..utils import atomic_write_json
-from .protocols import EvalSpec, RunSpec, eval_spec
+from .protocols import EvalSpec, Protocol, RunSpec, eval_spec, expand, grid_label, load_protocol, split_overrides, \
+    sweep_root, write_manifest
 
 log = logging.getLogger("promptclip")
 BUSY_EXIT = 75  # a worker's exit code when another process is writing its run (EX_TEMPFAIL)
@@ -52,20 +59,53 @@ def shard(runs: Sequence[RunSpec], index: int, count: int) -> List[RunSpec]:
     return list(runs[index::count])
 
 
+@dataclass
+class SweepPlan:
+    """A protocol's runs as ``bench`` resolved them: all of them (the manifest lists every one) and those this
+    process runs (its shard)."""
+
+    protocol: Protocol
+    runs: List[RunSpec]
+    selected: List[RunSpec]
+    root: Path
+    overrides: List[str]
+
+
+def plan_sweep(name: str, overrides: Sequence[str] = (), shard_text: Optional[str] = None) -> SweepPlan:
+    """Load the protocol ``name`` with command-line ``overrides`` (protocol keys, config keys, ``METHOD:key=value``)
+    and expand it; ``shard_text`` (``i/n``) selects this process's share."""
+    protocol_keys, common, scoped = split_overrides(overrides)
+    protocol = load_protocol(name, protocol_keys)
+    specs = expand(protocol, common, scoped)
+    selected = shard(specs, *parse_shard(shard_text)) if shard_text else specs
+    return SweepPlan(protocol, specs, selected, sweep_root(protocol, common), list(overrides))
+
+
+def run_planned(plan: SweepPlan, gpus: int = 0, keep_going: bool = False, progress: bool = True,
+                on_epoch_end: Optional[Callable[[int], None]] = None, replace: bool = False) -> "SweepOutcome":
+    """Write the sweep's manifest (every planned run, for the report), then run the selected runs not done yet."""
+    write_manifest(plan.protocol, plan.runs, plan.root, plan.overrides)
+    return run_sweep(plan.selected, gpus=gpus, keep_going=keep_going, progress=progress, on_epoch_end=on_epoch_end,
+                     replace=replace)
+
+
 def status(spec: RunSpec) -> str:
-    """done (result and evaluations exist), evaluate (result only), resume (interrupted), todo, busy (another
-    process is writing it), failed (a non-finite loss), other (a run with other settings), corrupt."""
+    """done (result, evaluations and, for a grid point, validation exist), evaluate (result only), resume
+    (interrupted), todo, busy (another process is writing it), failed (a non-finite loss), other (a run with other
+    settings), corrupt."""
     if runs.is_locked(spec.run_dir):
         return "busy"
     state = runs.run_state(spec.run_dir, spec.identity).status
     if state == "done":
-        return "done" if all(_evaluation_done(e) for e in spec.evaluations) else "evaluate"
+        files = [(e.file, "test") for e in spec.evaluations]
+        files += [(spec.validation, "val")] if spec.validation is not None else []
+        return "done" if all(_evaluation_done(path, key) for path, key in files) else "evaluate"
     return {"new": "todo"}.get(state, state)
 
 
-def _evaluation_done(spec: EvalSpec) -> bool:
+def _evaluation_done(path: Path, key: str) -> bool:
     try:
-        return runs.read_json(spec.file, "an evaluation result", ("test",)) is not None
+        return runs.read_json(path, "an evaluation result", (key,)) is not None
     except runs.CorruptFile:
         return False
 
@@ -78,22 +118,30 @@ def config_changes(spec: RunSpec) -> List[str]:
     return state.differences or [state.problem]
 
 
-def summary_line(spec: RunSpec, result: dict, evaluations: Sequence[Tuple[EvalSpec, dict]], seconds: float) -> str:
-    """``coop DescribableTextures all shots 16 seed 1: 63.20% | new 55.10% (3m12s)``."""
+def summary_line(spec: RunSpec, result: dict, evaluations: Sequence[Tuple[EvalSpec, dict]], seconds: float,
+                 validation: Optional[dict] = None) -> str:
+    """``coop DescribableTextures all shots 16 seed 1: 63.20% | new 55.10% (3m12s)``; a grid point's run names its
+    values and its validation accuracy."""
     parts = [f"{result['test']['accuracy']:.2f}%" if "test" in result else "no test"]
     parts += [f"{e.dataset}{'' if e.subsample == 'all' else ' ' + e.subsample} {r['test']['accuracy']:.2f}%"
               for e, r in evaluations]
-    return (f"{spec.method} {spec.dataset} {spec.subsample} shots {spec.shots} seed {spec.seed}: "
+    parts += [f"val {validation['val']['accuracy']:.2f}%"] if validation is not None else []
+    point = f" {grid_label(spec.grid)}" if spec.grid else ""
+    return (f"{spec.method} {spec.dataset} {spec.subsample} shots {spec.shots}{point} seed {spec.seed}: "
             f"{' | '.join(parts)} ({duration(seconds)})")
 
 
 def run_one(spec: RunSpec, progress: bool = True, on_epoch_end: Optional[Callable[[int], None]] = None,
-            replace: bool = False) -> Tuple[dict, List[Tuple[EvalSpec, dict]]]:
-    """Train and evaluate one run (or read it back), then its evaluations (each read back if done)."""
+            replace: bool = False) -> Tuple[dict, List[Tuple[EvalSpec, dict]], Optional[dict]]:
+    """Train and evaluate one run (or read it back), then its evaluations and, for a grid point, its validation
+    (each read back if done). A grid point's dataset is checked to have a val split before anything trains."""
+    if spec.validation is not None and not (spec.run_dir / runs.RESULT).is_file():
+        require_validation_split(spec.config, spec.run_dir)
     result = run(spec.config, progress=progress, on_epoch_end=on_epoch_end, replace=replace)
     evaluations = [(e, evaluate_run(spec.run_dir, e.overrides, progress=progress, label=e.dataset))
                    for e in spec.evaluations]
-    return result, evaluations
+    validation = validate_run(spec.run_dir, progress=progress) if spec.validation is not None else None
+    return result, evaluations, validation
 
 
 @dataclass
@@ -171,7 +219,7 @@ def _run_sequential(todo: Sequence[RunSpec], keep_going: bool, progress: bool,
         bar.show(running=1)
         started = time.time()
         try:
-            result, evaluations = run_one(spec, progress, on_epoch_end, replace)
+            result, evaluations, validation = run_one(spec, progress, on_epoch_end, replace)
         except runs.RunBusy as err:  # another worker took it since the plan was made
             outcome.busy.append(spec.id)
             bar.write(f"BUSY {spec.id}: {err}")
@@ -183,7 +231,7 @@ def _run_sequential(todo: Sequence[RunSpec], keep_going: bool, progress: bool,
                 raise
             continue
         outcome.finished.append(spec.id)
-        bar.finish_one(summary_line(spec, result, evaluations, time.time() - started), running=0)
+        bar.finish_one(summary_line(spec, result, evaluations, time.time() - started, validation), running=0)
 
 
 def visible_gpus(count: int) -> List[str]:
@@ -200,7 +248,7 @@ def write_spec(spec: RunSpec, replace: bool = False) -> Path:
     path = spec.run_dir / runs.SWEEP_SPEC
     atomic_write_json(path, {"id": spec.id, "method": spec.method, "dataset": spec.dataset,
                              "subsample": spec.subsample, "shots": spec.shots, "seed": spec.seed,
-                             "config": to_dict(spec.config), "replace": replace,
+                             "config": to_dict(spec.config), "replace": replace, "grid": spec.grid,
                              "evaluations": [{"dataset": e.dataset, "subsample": e.subsample,
                                               "overrides": e.overrides} for e in spec.evaluations]})
     return path
@@ -220,8 +268,10 @@ def read_spec(path: Path) -> Tuple[RunSpec, bool]:
     identity = runs.Identity.of(cfg)
     evaluations = [eval_spec(cfg, identity, runs.safe_component(e["dataset"], "evaluation dataset"),
                              e["subsample"], list(e["overrides"])) for e in data["evaluations"]]
+    grid = dict(data.get("grid") or {})
     return RunSpec(data["id"], data["method"], data["dataset"], data["subsample"], data["shots"], data["seed"], cfg,
-                   run_dir, identity, evaluations), bool(data.get("replace", False))
+                   run_dir, identity, evaluations, grid, validation_file(cfg, identity.fingerprint) if grid else None
+                   ), bool(data.get("replace", False))
 
 
 def _run_parallel(todo: Sequence[RunSpec], gpus: int, keep_going: bool, bar: _Bar, outcome: SweepOutcome,
@@ -249,8 +299,9 @@ def _run_parallel(todo: Sequence[RunSpec], gpus: int, keep_going: bool, bar: _Ba
                 if process.returncode == 0 and status(spec) == "done":
                     outcome.finished.append(spec.id)
                     evaluations = [(e, runs.read_json(e.file, "an evaluation result")) for e in spec.evaluations]
+                    validation = runs.read_json(spec.validation, "a validation result") if spec.validation else None
                     bar.finish_one(summary_line(spec, runs.read_result(spec.run_dir), evaluations,
-                                                time.time() - started), len(running))
+                                                time.time() - started, validation), len(running))
                 elif process.returncode == BUSY_EXIT:
                     outcome.busy.append(spec.id)
                     bar.write(f"BUSY {spec.id}: {runs.describe_owner(spec.run_dir)}.")
@@ -275,11 +326,11 @@ def worker_main(argv: Optional[Sequence[str]] = None) -> int:
     spec, replace = read_spec(Path(argv[0]))
     started = time.time()
     try:
-        result, evaluations = run_one(spec, progress=False, replace=replace)
+        result, evaluations, validation = run_one(spec, progress=False, replace=replace)
     except runs.RunBusy as err:
         log.warning("%s", err)
         return BUSY_EXIT
-    log.info("%s", summary_line(spec, result, evaluations, time.time() - started))
+    log.info("%s", summary_line(spec, result, evaluations, time.time() - started, validation))
     return 0
 
 

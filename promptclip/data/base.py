@@ -5,10 +5,9 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 from ..errors import DataError
-from ..registry import Registry
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -51,30 +50,6 @@ class Dataset:
 
     def replace(self, **changes) -> "Dataset":
         return dataclasses.replace(self, **changes)
-
-
-#: name → reader(root: Path, **options) -> Dataset. Register with ``@DATASETS.register("name")``.
-DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
-
-
-def load_dataset(name: str, root, **options) -> Dataset:
-    """Read dataset ``name`` from data root ``root`` with its registered reader.
-
-    ``name`` may also be the path of a YAML description of a custom dataset (see ``custom.load_yaml_dataset``).
-    """
-    if str(name).lower().endswith((".yaml", ".yml")):
-        from .custom import load_yaml_dataset
-
-        return load_yaml_dataset(Path(name).expanduser(), root, **options)
-    reader = DATASETS.get(name)
-    if root is None:
-        raise DataError(f"No data root given for dataset {name!r}: set data.root=/path/to/data.")
-    return reader(Path(root).expanduser(), **options)
-
-
-def prompt_classname(name: str) -> str:
-    """Class names enter prompts with underscores as spaces."""
-    return name.replace("_", " ")
 
 
 def items_per_class(items: List[Item]) -> Dict[int, List[Item]]:

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import DataError
-from .base import DATASETS, Dataset, Item, not_a_folder, split_per_class
+from ..registry import DATASETS
+from .base import Dataset, Item, not_a_folder, split_per_class
 from .folder import read_class_folders
 from .splits import (SPLITS, Splits, check_labels, load_or_generate, parse_split, require_files, split_trainval,
                      to_split_dict)

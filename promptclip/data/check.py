@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
 from ..errors import DataError, UnknownNameError
-from .base import Dataset, Item, load_dataset, not_a_folder
+from .base import Dataset, Item, not_a_folder
+from .reading import load_dataset
 from .benchmarks import BENCHMARKS, Benchmark, dataset_folder, expect_dir, find_benchmark, missing_files_for
 from .splits import SPLITS
 

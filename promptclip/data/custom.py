@@ -13,7 +13,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import yaml
 
 from ..errors import DataError
-from .base import DATASETS, Dataset, Item, not_a_folder
+from ..registry import DATASETS
+from .base import Dataset, Item, not_a_folder
 from .splits import Splits, check_labels, require_files
 
 GUIDE = "datasets/DATASETS.md"

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from ..errors import DataError
-from .base import DATASETS, IMAGE_EXTENSIONS, Dataset, Item, list_images, not_a_folder, split_per_class
+from ..registry import DATASETS
+from .base import IMAGE_EXTENSIONS, Dataset, Item, list_images, not_a_folder, split_per_class
 
 DATASETS_GUIDE = "datasets/DATASETS.md"
 

@@ -1,7 +1,7 @@
 """Training, evaluation and saved prompts (run folders themselves belong to :mod:`promptclip.runs`)."""
-from .evaluate import evaluate, metrics_from_predictions
+from .evaluation import evaluate, metrics_from_predictions
 from .prompts import load_prompts, save_prompts
-from .run import build_model, evaluate_run, prepare_data, run
+from .runner import build_model, evaluate_run, prepare_data, run
 
 __all__ = ["evaluate", "metrics_from_predictions", "load_prompts", "save_prompts", "build_model", "evaluate_run",
            "prepare_data", "run"]

@@ -147,27 +147,6 @@ def feature_loader(features: torch.Tensor, labels: torch.Tensor, batch_size: int
     return DataLoader(TensorDataset(features, labels), batch_size=batch_size, shuffle=False)
 
 
-def single_pass_features(backbone: FrozenCLIP, cache_dir: os.PathLike, seed: int, device: torch.device,
-                         precision: str, progress: bool = True) -> Callable[[DataLoader], Features]:
-    """The ``PrepareContext.image_features`` hook: one pass of a training-transform loader, seeded by ``seed`` so
-    it is deterministic (DAPT's prototypes), through the cache."""
-
-    def image_features(loader: DataLoader) -> Features:
-        items = loader.dataset.items
-        signature = f"{transform_signature(backbone, train=True)}-single-pass-seed-{seed}-batch-{loader.batch_size}-" \
-                    f"workers-{loader.num_workers}"
-        key = feature_key(backbone, items, signature, precision)
-
-        def compute() -> Features:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                return encode_loader(backbone, loader, device, precision, "prototype features", progress)
-
-        return FeatureCache(cache_dir).get(key, items, compute, note=f"{backbone.name} one training-transform pass")
-
-    return image_features
-
-
 class TrainingViews:
     """Frozen features of the training items' views, one view per epoch (``views`` > 0: ``epoch mod views``), for
     methods that do not prompt the image tower. Without ``augment`` every view is the test-transform one.

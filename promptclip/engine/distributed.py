@@ -35,7 +35,7 @@ NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
 
 
 class Distributed:
-    """What :func:`promptclip.engine.run.run` needs to run as one process of several."""
+    """What :func:`promptclip.engine.runner.run` needs to run as one process of several."""
 
     def __init__(self, rank: int, world_size: int, device: torch.device):
         self.rank = rank
@@ -46,10 +46,15 @@ class Distributed:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @staticmethod
+    def launched() -> bool:
+        """Whether this process was started by torchrun (which describes the process group in the environment)."""
+        return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
     @classmethod
     def from_env(cls) -> Optional["Distributed"]:
         """Join the process group torchrun describes in the environment; None when not under torchrun."""
-        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        if not cls.launched():
             return None
         rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", rank))

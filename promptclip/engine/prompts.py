@@ -44,6 +44,7 @@ def save_prompts(model: PromptedCLIP, directory: Union[str, Path], method: str =
         "backbone": model.backbone.describe(),
         "classnames": model.classnames,
         "template": model.text.template,
+        "dataset": model.text.dataset,
         "shapes": {k: list(v.shape) for k, v in tensors.items()},
         "num_parameters": sum(v.numel() for v in tensors.values()),
         "versions": versions(),
@@ -179,7 +180,7 @@ def load_prompts(directory: Union[str, Path], backbone: Optional[FrozenCLIP] = N
                     else "import the plugin that registers that learner, or use the promptclip that trained the run")
             raise PromptclipError(f"{directory / PROMPTS_META} holds {side} learner options this promptclip cannot "
                                   f"build ({err}): {todo}.") from None
-        learner = build_learner(cfg, backbone, meta["classnames"], meta["template"])
+        learner = build_learner(cfg, backbone, meta["classnames"], meta["template"], str(meta.get("dataset") or ""))
         prefix = f"{side}."
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         mismatch = state_mismatch({k: v.shape for k, v in state.items()},

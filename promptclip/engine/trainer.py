@@ -10,12 +10,13 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from ..callbacks import Callback
 from ..config import Config, OptimConfig
 from ..data.base import Item
 from ..data.loaders import image_loader, train_batches, transform_for, view_index, view_seeds
@@ -57,19 +58,24 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
-def save_checkpoint(path: Path, epoch: int, model: PromptedCLIP, optimizer, scaler) -> None:
+def save_checkpoint(path: Path, epoch: int, model: PromptedCLIP, optimizer, scaler,
+                    callbacks: Optional[Dict[str, Callback]] = None) -> None:
     state = {"epoch": epoch, "learners": {side: l.state_dict() for side, l in model.learners().items()},
-             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None}
+             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
+             "callbacks": {name: cb.state_dict() for name, cb in (callbacks or {}).items()}}
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path: Path, model: PromptedCLIP, optimizer, scaler, device) -> int:
+def load_checkpoint(path: Path, model: PromptedCLIP, optimizer, scaler, device,
+                    callbacks: Optional[Dict[str, Callback]] = None) -> int:
     """Restore a checkpoint and return the number of finished epochs; a damaged one restores nothing and gives 0."""
+    callbacks = callbacks or {}
     try:
         state = torch.load(path, map_location=device, weights_only=True)
         learners = {side: state["learners"][side] for side in model.learners()}
+        callback_states = {name: state["callbacks"][name] for name in callbacks}
         epoch = int(state["epoch"])
     except Exception as err:  # noqa: BLE001  (a damaged checkpoint only costs the epochs it held)
         log.warning("%s is damaged (%s); training from the start.", path, str(err).splitlines()[0] if str(err)
@@ -77,6 +83,8 @@ def load_checkpoint(path: Path, model: PromptedCLIP, optimizer, scaler, device) 
         return 0
     for side, learner in model.learners().items():
         learner.load_state_dict(learners[side])
+    for name, callback in callbacks.items():
+        callback.load_state_dict(callback_states[name])
     optimizer.load_state_dict(state["optimizer"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
@@ -181,11 +189,12 @@ class Progress:
 def train(model: PromptedCLIP, items: List[Item], cfg: Config, device: torch.device, precision: str,
           run_dir: Path, progress: bool = True, on_epoch_end: Optional[Callable[[int], None]] = None,
           sampler_factory: Optional[Callable] = None, wrap: Optional[Callable] = None,
-          batch_size: Optional[int] = None, is_main: bool = True, views: Optional[TrainingViews] = None) -> dict:
+          batch_size: Optional[int] = None, is_main: bool = True, views: Optional[TrainingViews] = None,
+          callbacks: Optional[Dict[str, Callback]] = None) -> dict:
     """Train the model's prompts on ``items``; resumes from ``run_dir/checkpoint`` if present.
 
     ``views`` (for a model that does not prompt the image tower) gives each epoch's frozen image features in place
-    of the images. ``sampler_factory(epoch)``, ``wrap(model)``, ``batch_size`` (this process's share of
+    of the images. ``callbacks`` run after every epoch (their state goes into the checkpoint) and once at the end. ``sampler_factory(epoch)``, ``wrap(model)``, ``batch_size`` (this process's share of
     ``train.batch_size``) and ``is_main`` (only the main process writes metrics and checkpoints) are the hooks
     distributed training uses.
     """
@@ -199,7 +208,7 @@ def train(model: PromptedCLIP, items: List[Item], cfg: Config, device: torch.dev
     metrics_path = run_dir / METRICS
     start = 0  # epochs already trained
     if ckpt.exists():
-        start = load_checkpoint(ckpt, model, optimizer, scaler, device)
+        start = load_checkpoint(ckpt, model, optimizer, scaler, device, callbacks)
         if start:
             log.info("Resuming %s from epoch %d/%d.", run_dir, start, tc.epochs)
     if is_main:
@@ -260,14 +269,18 @@ def train(model: PromptedCLIP, items: List[Item], cfg: Config, device: torch.dev
                     "train_accuracy": 100.0 * correct / max(seen, 1), "seconds": round(time.time() - started, 3)}
             shown.end_epoch(last)
             finished = epoch + 1
+            for callback in (callbacks or {}).values():
+                callback.on_epoch_end(epoch, model)
             if is_main:
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(last) + "\n")
                 if tc.checkpoint_every and (finished % tc.checkpoint_every == 0 or finished == tc.epochs):
-                    save_checkpoint(ckpt, finished, model, optimizer, scaler)
+                    save_checkpoint(ckpt, finished, model, optimizer, scaler, callbacks)
                     saved = finished
             if on_epoch_end is not None:
                 on_epoch_end(epoch)
     finally:
         shown.close()
+    for callback in (callbacks or {}).values():
+        callback.on_train_end(model)
     return last

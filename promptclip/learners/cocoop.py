@@ -48,8 +48,8 @@ class CoCoOp(Learner):
     Config = CoCoOpConfig
     image_conditioned = True
 
-    def __init__(self, cfg, backbone, classnames, template="a photo of a {}."):
-        super().__init__(cfg, backbone, classnames, template)
+    def __init__(self, cfg, backbone, classnames, template="a photo of a {}.", dataset=""):
+        super().__init__(cfg, backbone, classnames, template, dataset)
         ctx, self.infix = initial_context(backbone, cfg.n_ctx, cfg.init, cfg.init_std)
         self.ctx = nn.Parameter(ctx)
         d = backbone.embed_dim
@@ -58,8 +58,8 @@ class CoCoOp(Learner):
                                               linear2=nn.Linear(hidden, backbone.text_width)))
         self.prompts = ClassPrompts(backbone, classnames, cfg.n_ctx, infix=self.infix)
 
-    def set_classnames(self, backbone, classnames, template=None):
-        super().set_classnames(backbone, classnames, template)
+    def set_classnames(self, backbone, classnames, template=None, dataset=None):
+        super().set_classnames(backbone, classnames, template, dataset)
         self.prompts = ClassPrompts(backbone, classnames, self.cfg.n_ctx, infix=self.infix).to(self.ctx.device)
 
     def chunk_size(self, backbone, training: bool) -> int:

@@ -29,6 +29,10 @@ class CoOpConfig(LearnerConfig):
     position: Position = "end"
     init_std: float = bounded(0.02, gt=0)
 
+    @property
+    def transfers_to_new_classes(self) -> bool:
+        return not self.class_specific  # one context per training class
+
     def __post_init__(self):
         if self.init and self.class_specific:
             raise ConfigError("Class-specific context (text.class_specific=true) starts from random vectors; "
@@ -43,8 +47,8 @@ class CoOp(Learner):
 
     Config = CoOpConfig
 
-    def __init__(self, cfg, backbone, classnames, template="a photo of a {}."):
-        super().__init__(cfg, backbone, classnames, template)
+    def __init__(self, cfg, backbone, classnames, template="a photo of a {}.", dataset=""):
+        super().__init__(cfg, backbone, classnames, template, dataset)
         if cfg.init:
             ctx = context_from_words(backbone, cfg.init)
             if cfg.n_ctx not in (None, len(ctx)):
@@ -62,11 +66,11 @@ class CoOp(Learner):
     def n_ctx(self) -> int:
         return self.ctx.shape[-2]
 
-    def set_classnames(self, backbone, classnames, template=None):
+    def set_classnames(self, backbone, classnames, template=None, dataset=None):
         if self.cfg.class_specific and list(classnames) != self.classnames:
             raise ConfigError("Class-specific CoOp learned one context per training class; it cannot be used for "
                               "other classes. Train with text.class_specific=false to transfer to new classes.")
-        super().set_classnames(backbone, classnames, template)
+        super().set_classnames(backbone, classnames, template, dataset)
         self.prompts = ClassPrompts(backbone, classnames, self.n_ctx, self.cfg.position).to(self.ctx.device)
 
     def text_features(self, backbone, image_features=None):

@@ -73,8 +73,9 @@ class DeepTextLearner(Learner):
         """Every prompted text layer's tokens, the input context included: ``{0: ctx, 1: P_1, …}``."""
         return {0: self.ctx, **self.text_deep.per_layer()}
 
-    def set_classnames(self, backbone: FrozenCLIP, classnames: List[str], template: Optional[str] = None) -> None:
-        super().set_classnames(backbone, classnames, template)
+    def set_classnames(self, backbone: FrozenCLIP, classnames: List[str], template: Optional[str] = None,
+                       dataset: Optional[str] = None) -> None:
+        super().set_classnames(backbone, classnames, template, dataset)
         self.prompts = ClassPrompts(backbone, classnames, self.ctx.shape[0], infix=self.infix).to(self.ctx.device)
 
     def text_features(self, backbone: FrozenCLIP, image_features: Optional[torch.Tensor] = None) -> torch.Tensor:

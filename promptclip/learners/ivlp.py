@@ -44,8 +44,8 @@ class IVLP(DeepTextLearner):
     Config = IVLPConfig
     sides = ("text", "vision")
 
-    def __init__(self, cfg, backbone, classnames, template="a photo of a {}."):
-        super().__init__(cfg, backbone, classnames, template)
+    def __init__(self, cfg, backbone, classnames, template="a photo of a {}.", dataset=""):
+        super().__init__(cfg, backbone, classnames, template, dataset)
         if cfg.n_text < 1:
             raise ConfigError("IVLP needs text prompts (text.n_text >= 1). For vision-only deep prompting use "
                               "text.name=zeroshot with vision.name=vpt (preset vpt_deep_clip).")

@@ -1,16 +1,22 @@
 """MaPLe (Khattak et al., CVPR 2023): deep text prompts coupled to deep vision prompts by per-layer linear maps."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional, get_args
 
 from torch import nn
 
 from ..backbone import VisionPrompts
 from ..config import bounded
+from ..errors import ConfigError
 from .base import LEARNERS, LearnerConfig
 from .deep import DeepTextLearner, check_depth
 from .prompts import check_init_words
+
+#: how MaPLe's couplings start: layers 1..J−1 as copies of one draw (the authors' code), or each its own draw
+CouplingInit = Literal["reference", "independent"]
+COUPLING_INITS = get_args(CouplingInit)
 
 
 @dataclass
@@ -22,6 +28,9 @@ class MaPLeConfig(LearnerConfig):
     init: Optional[str] = "a photo of a"
     #: prompted layers J, from the input, on both towers (at most the towers' layer count, checked with the model)
     depth: int = bounded(9, ge=1)
+    #: how the couplings start: "reference" (MaPLe's code: layer 0 its own draw, layers 1..J−1 copies of one
+    #: draw, so they start equal) or "independent" (every layer its own draw)
+    coupling_init: CouplingInit = "reference"
 
     def __post_init__(self):
         check_init_words(self.n_ctx, self.init)
@@ -33,18 +42,33 @@ class MaPLe(DeepTextLearner):
     prompts are their images under one ``Linear(D_t, D_v)`` per layer, ``F_i(P_i)``, appended after the patch tokens
     before ``ln_pre`` and replaced at layers ``1..J−1``. Text → vision only; widths come from the backbone.
 
+    Every coupling is its own parameter; with ``coupling_init="reference"`` those of layers ``1..J−1`` start as
+    copies of one ``Linear`` (as in the authors' code), with ``"independent"`` each is drawn on its own.
+
     ViT-B/16 defaults: ``9·2·512 + 9·(512·768 + 768) = 3,555,072`` parameters.
     """
 
     Config = MaPLeConfig
     sides = ("text", "vision")
 
-    def __init__(self, cfg, backbone, classnames, template="a photo of a {}."):
-        super().__init__(cfg, backbone, classnames, template)
+    def __init__(self, cfg, backbone, classnames, template="a photo of a {}.", dataset=""):
+        super().__init__(cfg, backbone, classnames, template, dataset)
         backbone.require_vision_prompts("MaPLe prompts")
         check_depth(cfg.depth, backbone.num_vision_layers, "text.depth", "vision", backbone.name)
         self._build_text(backbone, cfg.n_ctx, cfg.depth, cfg.init, "text.depth")
-        self.couplings = nn.ModuleList(nn.Linear(backbone.text_width, backbone.vision_width) for _ in range(cfg.depth))
+        self.couplings = self._build_couplings(backbone.text_width, backbone.vision_width, cfg.depth,
+                                               cfg.coupling_init)
+
+    @staticmethod
+    def _build_couplings(text_width: int, vision_width: int, depth: int, init: str) -> nn.ModuleList:
+        """One ``Linear(D_t, D_v)`` per prompted layer, each drawn with torch's default ``Linear`` init."""
+        if init not in COUPLING_INITS:
+            raise ConfigError(f"text.coupling_init must be one of {COUPLING_INITS}, not {init!r}.")
+        first = nn.Linear(text_width, vision_width)
+        if init == "independent":
+            return nn.ModuleList([first] + [nn.Linear(text_width, vision_width) for _ in range(depth - 1)])
+        shared_start = nn.Linear(text_width, vision_width)
+        return nn.ModuleList([first] + [copy.deepcopy(shared_start) for _ in range(depth - 1)])
 
     def vision_prompts(self, backbone) -> VisionPrompts:
         tokens = {layer: self.couplings[layer](p) for layer, p in self.text_layers().items()}

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..backbone import FrozenCLIP
-from ..data.base import prompt_classname
+from ..templates import prompt_classname
 from ..errors import ConfigError
 
 #: where the class name goes among the context slots

@@ -17,6 +17,9 @@ from .deep import INITS, Init, LayerPrompts, check_depth
 #: VFPT's Fourier prompts: none, or the FFT over both dimensions, the hidden one or the sequence one
 Fourier = Literal["none", "both", "hidden", "sequence"]
 FOURIER = get_args(Fourier)
+#: prompt dropout: a mask per image (VPT, VFPT and DAPT expand the prompts to the batch first) or one per batch
+DropoutMode = Literal["per_image", "shared"]
+DROPOUT_MODES = get_args(DropoutMode)
 
 
 def fourier_prompts(x: torch.Tensor, variant: str = "both") -> torch.Tensor:
@@ -50,7 +53,10 @@ class VPTConfig(LearnerConfig):
     #: uniform: VPT's ±sqrt(6 / (3·patch² + D_v)); normal: N(0, init_std²)
     init: Init = "uniform"
     init_std: float = bounded(0.02, gt=0)
+    #: dropout on the prompt tokens of every prompted layer, in training only (scaled by 1/(1−p), as nn.Dropout)
     dropout: float = bounded(0.0, ge=0, lt=1)
+    #: per_image: each image of a batch its own mask (the reference codes); shared: one mask for the whole batch
+    dropout_mode: DropoutMode = "per_image"
     #: VFPT: none, both (FFT over hidden then sequence), hidden or sequence
     fourier: Fourier = "none"
     #: fraction α of each layer's tokens made Fourier prompts (floor(α·n_tokens), placed first)
@@ -63,14 +69,16 @@ class VPT(Learner):
     carried on after the last prompted layer. No positional embedding.
 
     With ``fourier`` the first ``floor(α·n)`` tokens of every prompted layer pass through :func:`fourier_prompts`
-    after dropout. Dropout masks are shared by the images of a batch (the prompts are one ``[n, D_v]`` per layer).
+    after dropout. With ``dropout_mode="per_image"`` dropout (and so the Fourier transform) runs on the prompts
+    expanded to the batch, ``[B, n, D_v]``, so each image gets its own mask; ``"shared"`` draws one ``[n, D_v]`` mask
+    per layer for the whole batch. Without active dropout (eval, or ``dropout=0``) both compute shared prompts once.
     """
 
     Config = VPTConfig
     sides = ("vision",)
 
-    def __init__(self, cfg, backbone, classnames, template="a photo of a {}."):
-        super().__init__(cfg, backbone, classnames, template)
+    def __init__(self, cfg, backbone, classnames, template="a photo of a {}.", dataset=""):
+        super().__init__(cfg, backbone, classnames, template, dataset)
         backbone.require_vision_prompts("VPT prompts")
         if cfg.placement not in PLACEMENTS:
             raise ConfigError(f"vision.placement must be one of {PLACEMENTS}, not {cfg.placement!r}.")
@@ -78,6 +86,8 @@ class VPT(Learner):
             raise ConfigError(f"vision.init must be one of {INITS}, not {cfg.init!r}.")
         if cfg.fourier not in FOURIER:
             raise ConfigError(f"vision.fourier must be one of {FOURIER}, not {cfg.fourier!r}.")
+        if cfg.dropout_mode not in DROPOUT_MODES:
+            raise ConfigError(f"vision.dropout_mode must be one of {DROPOUT_MODES}, not {cfg.dropout_mode!r}.")
         if not 0.0 <= cfg.fourier_fraction <= 1.0:
             raise ConfigError(f"vision.fourier_fraction must lie in [0, 1], not {cfg.fourier_fraction}.")
         depth = check_depth(cfg.depth, backbone.num_vision_layers, "vision.depth", "vision", backbone.name)
@@ -87,11 +97,16 @@ class VPT(Learner):
         self.n_fourier = math.floor(cfg.fourier_fraction * cfg.n_tokens) if cfg.fourier != "none" else 0
 
     def _layer_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Dropout, then the Fourier transform of the first tokens: ``[..., n, D_v]`` → ``[..., n, D_v]``."""
         tokens = self.dropout(tokens)
         if not self.n_fourier:
             return tokens
-        return torch.cat([fourier_prompts(tokens[:self.n_fourier], self.cfg.fourier), tokens[self.n_fourier:]])
+        fourier = fourier_prompts(tokens[..., :self.n_fourier, :], self.cfg.fourier)
+        return torch.cat([fourier, tokens[..., self.n_fourier:, :]], dim=-2)
 
     def vision_prompts(self, backbone) -> VisionPrompts:
-        tokens = {layer: self._layer_tokens(t) for layer, t in self.prompts.per_layer().items()}
-        return VisionPrompts(tokens, placement=self.cfg.placement, before_ln_pre=self.cfg.before_ln_pre)
+        layers = self.prompts.per_layer()
+        options = {"placement": self.cfg.placement, "before_ln_pre": self.cfg.before_ln_pre}
+        if self.training and self.cfg.dropout > 0 and self.cfg.dropout_mode == "per_image":
+            return VisionPrompts(layers, per_image=self._layer_tokens, **options)
+        return VisionPrompts({layer: self._layer_tokens(t) for layer, t in layers.items()}, **options)

@@ -15,16 +15,30 @@ from .base import LEARNERS, Learner, LearnerConfig
 
 log = logging.getLogger("promptclip")
 TEMPLATE_SOURCES = {"dataset": "the dataset's CoOp template", "ensemble": "CoOp's 7 ImageNet templates + the "
-                    "dataset's", "imagenet80": "CLIP's 80 ImageNet templates"}
+                    "dataset's, except on ImageNet", "imagenet80": "CLIP's 80 ImageNet templates",
+                    "imagenet60": "PromptSRC's 60 of CLIP's ImageNet templates"}
+
+
+@torch.no_grad()
+def zeroshot_class_features(backbone, classnames: List[str], templates: List[str],
+                            normalize_each: bool = True) -> torch.Tensor:
+    """Frozen class features ``[C, E]``: per class, the mean over ``templates`` of the normalised text features,
+    renormalised (CLIP's prompt ensembling). ``normalize_each=False`` averages the raw features instead, as
+    PromptSRC does. The one helper for every zero-shot reference (zero-shot CLIP, KgCoOp, PromptSRC...)."""
+    per_template = []
+    for template in templates:
+        features = backbone.encode_text_ids(backbone.tokenize(fill(template, classnames))).float()
+        per_template.append(normalize(features) if normalize_each else features)
+    return normalize(torch.stack(per_template).mean(0))
 
 
 @dataclass
 class ZeroShotConfig(LearnerConfig):
     uses_training_data: ClassVar[bool] = False
     name: str = "zeroshot"
-    #: "dataset" (the dataset's template), "ensemble" (CoOp's 7 + the dataset's), "imagenet80", or a list of
-    #: templates with one "{}" each
-    templates: Union[Literal["dataset", "ensemble", "imagenet80"], List[str]] = "dataset"
+    #: "dataset" (the dataset's template), "ensemble" (CoOp's 7 + the dataset's; on ImageNet the 7 alone, as in
+    #: CoOp), "imagenet80", "imagenet60", or a list of templates with one "{}" each
+    templates: Union[Literal["dataset", "ensemble", "imagenet80", "imagenet60"], List[str]] = "dataset"
 
     def __post_init__(self):
         bad = [t for t in self.templates if t.count("{}") != 1] if isinstance(self.templates, list) else []
@@ -38,25 +52,20 @@ class ZeroShot(Learner):
 
     Config = ZeroShotConfig
 
-    def __init__(self, cfg, backbone, classnames, template="a photo of a {}."):
-        super().__init__(cfg, backbone, classnames, template)
+    def __init__(self, cfg, backbone, classnames, template="a photo of a {}.", dataset=""):
+        super().__init__(cfg, backbone, classnames, template, dataset)
         self._cache = None
 
-    def set_classnames(self, backbone, classnames, template=None):
-        super().set_classnames(backbone, classnames, template)
+    def set_classnames(self, backbone, classnames, template=None, dataset=None):
+        super().set_classnames(backbone, classnames, template, dataset)
         self._cache = None
 
-    @torch.no_grad()
     def compute(self, backbone) -> torch.Tensor:
-        templates = resolve_templates(self.cfg.templates, self.template)
+        templates = resolve_templates(self.cfg.templates, self.template, self.dataset)
         source = self.cfg.templates if isinstance(self.cfg.templates, str) else "your list"
         log.info("zero-shot class features: the mean over %d template%s (%s), e.g. %r", len(templates),
                  "s" if len(templates) > 1 else "", TEMPLATE_SOURCES.get(source, source), templates[0])
-        per_template = []
-        for template in templates:
-            ids = backbone.tokenize(fill(template, self.classnames))
-            per_template.append(normalize(backbone.encode_text_ids(ids).float()))
-        return normalize(torch.stack(per_template).mean(0))
+        return zeroshot_class_features(backbone, self.classnames, templates)
 
     def text_features(self, backbone, image_features=None):
         if self._cache is None or self._cache.device != backbone.logit_scale.device:

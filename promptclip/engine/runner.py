@@ -17,19 +17,23 @@ from typing import Callable, Dict, Optional, Sequence, Union
 import torch
 import yaml
 
-from .. import linear_probe, runs
+from .. import runs
 from ..backbone import FrozenCLIP
+from ..callbacks import build_callbacks
 from ..config import Config, load_resolved, to_yaml
-from ..data.base import Dataset, load_dataset
+from ..data.base import Dataset
 from ..data.fewshot import dataset_checksum, few_shot, subsample_classes
 from ..data.loaders import eval_loader, transform_for
-from ..errors import ConfigError, PromptclipError, TrainingError
+from ..data.reading import load_dataset
+from ..errors import ConfigError, PromptclipError, TrainingError, UnregisteredInConfig
 from ..learners.base import build_learner
-from ..losses import LOSSES, PrepareContext
+from ..losses import PrepareContext
 from ..model import PromptedCLIP
+from ..registry import LEARNERS, LOSSES
 from ..utils import atomic_write_json, seed_everything, versions
-from .cache import TrainingViews, feature_loader, frozen_features, single_pass_features
-from .evaluate import metrics_from_predictions, predict_loader
+from .cache import TrainingViews, feature_loader, frozen_features
+from .distributed import Distributed
+from .evaluation import metrics_from_predictions, predict_loader
 from .precision import resolve_device, resolve_precision
 from .prompts import load_prompts, save_prompts
 from .trainer import console_through_bars, show_bars, train
@@ -50,8 +54,9 @@ def prepare_data(cfg: Config, shots: Optional[int] = None, subsample: Optional[s
 
 
 def build_model(cfg: Config, backbone: FrozenCLIP, dataset: Dataset) -> PromptedCLIP:
-    text = build_learner(cfg.text, backbone, dataset.classnames, dataset.template)
-    vision = build_learner(cfg.vision, backbone, dataset.classnames, dataset.template) if cfg.vision else None
+    text = build_learner(cfg.text, backbone, dataset.classnames, dataset.template, dataset.name)
+    vision = build_learner(cfg.vision, backbone, dataset.classnames, dataset.template, dataset.name) if cfg.vision \
+        else None
     losses = {name: LOSSES.get(name)(opts) for name, opts in cfg.losses.items()}
     return PromptedCLIP(backbone, text, vision, losses)
 
@@ -68,7 +73,26 @@ def run(cfg: Config, progress: bool = True, on_epoch_end: Optional[Callable[[int
     A finished run with the same settings is read back; an interrupted one resumes. A folder holding a run made with
     other settings is an error (``replace=True`` deletes that run first). The main process holds the run's lock.
     ``cache_views=False`` computes the frozen features of training views without storing them (same result).
+    Launched by torchrun and given no ``distributed``, the process joins the process group for this run (one DDP
+    run; the other processes return ``{}`` and log only warnings).
     """
+    joined = distributed is None and Distributed.launched()
+    if joined:
+        distributed = Distributed.from_env()
+    quiet = distributed is not None and not distributed.is_main
+    level = log.level
+    if quiet:
+        log.setLevel(logging.WARNING)
+    try:
+        return _run_locked(cfg, progress and not quiet, on_epoch_end, backbone, distributed, replace, cache_views)
+    finally:
+        log.setLevel(level)
+        if joined:
+            distributed.close()
+
+
+def _run_locked(cfg: Config, progress: bool, on_epoch_end, backbone, distributed, replace: bool,
+                cache_views: bool) -> dict:
     if cfg.text is None:
         raise ConfigError("No text learner: set text.name (coop, zeroshot, ...) or use a preset (-c coop).")
     cfg = runs.resolve(cfg)
@@ -164,26 +188,33 @@ def _run(cfg: Config, run_dir: Path, identity: runs.Identity, is_main: bool, pro
     started = time.time()
     dataset = prepare_data(cfg, split_dir=run_dir)
     backbone = backbone if backbone is not None else load_backbone(cfg, device)
-    if linear_probe.is_linear_probe(cfg):  # logistic regression on frozen features instead of prompts
+    closed_form = LEARNERS.get(cfg.text.name)
+    if closed_form.fits_in_closed_form:  # e.g. the linear probe: fitted on frozen features instead of prompts
+        if cfg.vision is not None or cfg.losses or cfg.callbacks:
+            raise ConfigError(f"{cfg.text.name} is fitted in closed form on frozen features: it takes no vision "
+                              f"learner, losses or callbacks. Remove them (vision=null losses={{}} callbacks={{}}).")
         if not is_main:
             return {}
         runs.write_identity(run_dir, identity, to_yaml(cfg))
         own()
-        fields = linear_probe.fit_linear_probe(cfg, backbone, dataset, device, precision, run_dir, bars)
+        fields = closed_form.fit(cfg, backbone, dataset, device, precision, run_dir, bars)
         return _finish(run_dir, cfg, identity, dataset, {**fields, "precision": precision,
                                                          "train_seconds": round(time.time() - started, 2)})
     model = build_model(cfg, backbone, dataset).to(device)
     log.info("%s on %s (%d classes, %d training images): %s", cfg.method_name, dataset.name,
              dataset.num_classes, len(dataset.train), model.parameter_report())
-    if model.losses:
-        context = PrepareContext(backbone=backbone, num_classes=dataset.num_classes,
-                                 train_loader=_prototype_loader(cfg, backbone, dataset),
-                                 cache_dir=Path(cfg.output.cache_dir),
-                                 cache_key=_draw_key(cfg, dataset), device=device,
-                                 image_features=single_pass_features(backbone, cfg.output.cache_dir, cfg.seed,
-                                                                     device, precision, bars))
+    views = TrainingViews(backbone, dataset.train, cfg.seed, cfg.train.views, cfg.data.augment,
+                          cfg.train.eval_batch_size, cfg.data.num_workers, device, precision,
+                          cfg.output.cache_dir if cache_views else None, bars, distributed)
+    callbacks = build_callbacks(cfg.callbacks)
+    if model.losses or callbacks:
+        context = PrepareContext(backbone=backbone, classnames=dataset.classnames, template=dataset.template,
+                                 dataset=dataset.name, device=device, epochs=cfg.train.epochs,
+                                 train_features=lambda: views.features(0))
         for loss in model.losses.values():
             loss.prepare(context)
+        for callback in callbacks.values():
+            callback.prepare(context, model)
     if is_main:  # everything loaded: from here on the folder belongs to these settings
         runs.write_identity(run_dir, identity, to_yaml(cfg))
         own()
@@ -191,10 +222,8 @@ def _run(cfg: Config, run_dir: Path, identity: runs.Identity, is_main: bool, pro
     if cfg.train.epochs > 0 and not model.trainable_parameters():
         log.info("%s has no parameters to train: evaluating only.", cfg.method_name)
     elif cfg.train.epochs > 0:
-        views = None if model.prompts_vision else TrainingViews(
-            backbone, dataset.train, cfg.seed, cfg.train.views, cfg.data.augment, cfg.train.eval_batch_size,
-            cfg.data.num_workers, device, precision, cfg.output.cache_dir if cache_views else None, bars, distributed)
-        last = train(model, dataset.train, cfg, device, precision, run_dir, progress, on_epoch_end, views=views,
+        last = train(model, dataset.train, cfg, device, precision, run_dir, progress, on_epoch_end,
+                     views=None if model.prompts_vision else views, callbacks=callbacks,
                      **(distributed.train_hooks(dataset.train, cfg) if distributed is not None else {}))
     fields = {"num_parameters": sum(p.numel() for p in model.trainable_parameters()), "train_loss": last.get("loss"),
               "precision": precision, "train_seconds": round(time.time() - started, 2)}
@@ -220,17 +249,6 @@ def _finish(run_dir: Path, cfg: Config, identity: runs.Identity, dataset: Datase
     atomic_write_json(run_dir / runs.RESULT, result)
     shutil.rmtree(run_dir / runs.CHECKPOINT_DIR, ignore_errors=True)  # the result and prompts are final now
     return result
-
-
-def _draw_key(cfg: Config, dataset: Dataset) -> str:
-    return f"{dataset.name}-{cfg.data.subsample}-shots_{cfg.data.shots}-seed_{cfg.seed}-{cfg.model.name}-" \
-           f"{cfg.model.pretrained}-{dataset_checksum(dataset)}"
-
-
-def _prototype_loader(cfg: Config, backbone: FrozenCLIP, dataset: Dataset):
-    """The training split with the training transform, in a fixed order (for DAPT prototypes)."""
-    return eval_loader(dataset.train, transform_for(backbone, train=True), cfg.train.eval_batch_size,
-                       cfg.data.num_workers)
 
 
 def evaluate_model(model: PromptedCLIP, dataset: Dataset, cfg: Config, device, precision, progress=True,
@@ -270,6 +288,10 @@ def read_run_config(run_dir: Union[str, Path]) -> Config:
                               f"seed_1).")
     try:
         return load_resolved(path)
+    except UnregisteredInConfig as err:
+        raise PromptclipError(f"{path} names something this Python has not registered ({err}). If the run was made "
+                              f"with a plugin, load it (PROMPTCLIP_PLUGINS=module, or install the package that "
+                              f"registers it) and retry; the run itself is fine.") from None
     except (ConfigError, yaml.YAMLError, UnicodeDecodeError) as err:
         raise runs.CorruptFile(f"{path} is damaged ({str(err).splitlines()[0]}); rerun the run's train command "
                                f"with --replace to redo it.") from None
@@ -320,7 +342,7 @@ def evaluate_run(run_dir: Union[str, Path], overrides: Sequence[str] = (), progr
         precision = resolve_precision(cfg.train.precision, device)
         model = load_prompts(run_dir, load_backbone(cfg, device), device)
         dataset = prepare_data(cfg, shots=0, split_dir=run_dir)
-        model.set_classnames(dataset.classnames, dataset.template)
+        model.set_classnames(dataset.classnames, dataset.template, dataset.name)
         metrics = evaluate_model(model, dataset, cfg, device, precision, show_bars(progress))
         evaluation = {"run": str(run_dir), "method": cfg.method_name, "dataset": dataset.name,
                       "label": label or runs.dataset_label(cfg), "subsample": cfg.data.subsample, "seed": cfg.seed,

@@ -1,0 +1,77 @@
+"""Invariants of the published-numbers table: it is typed in by hand, so arithmetic checks catch a mistyped digit."""
+from collections import Counter
+
+import pytest
+
+from promptclip.bench.published import AVERAGE, ELEVEN, METHODS, NUMBERS, SHIFTS, lookup
+from promptclip.config import load_yaml
+
+#: a value rounded to 2 decimals is off by ≤ 0.005; a quantity derived from two rounded values by ≤ 0.01
+ROUNDING = 0.01
+
+VALUES = {(n.protocol, n.method, n.dataset, n.metric, n.backbone): n.value for n in NUMBERS}
+
+
+def _harmonic(base: float, new: float) -> float:
+    return 2 * base * new / (base + new)
+
+
+def test_every_h_is_the_harmonic_mean_of_its_base_and_new():
+    rows = [key for key in VALUES if key[3] == "H"]
+    assert len(rows) == 8 + 6 * len(ELEVEN)  # 8 averages, 6 methods per dataset
+    for protocol, method, dataset, _, backbone in rows:
+        base, new = (VALUES[(protocol, method, dataset, m, backbone)] for m in ("base", "new"))
+        h = VALUES[(protocol, method, dataset, "H", backbone)]
+        assert h == pytest.approx(_harmonic(base, new), abs=ROUNDING), (method, dataset)
+
+
+@pytest.mark.parametrize("metric", ["base", "new"])
+def test_base_to_new_averages_are_the_mean_of_the_eleven_datasets(metric):
+    """Only for methods with all eleven rows (the papers average B and N over datasets, then take H)."""
+    checked = []
+    for (protocol, method, dataset, m, backbone), average in VALUES.items():
+        rows = [VALUES.get((protocol, method, d, m, backbone)) for d in ELEVEN]
+        if protocol == "base_to_new" and dataset == AVERAGE and m == metric and None not in rows:
+            assert average == pytest.approx(sum(rows) / len(rows), abs=ROUNDING), method
+            checked.append(method)
+    assert sorted(checked) == sorted(["zero-shot CLIP", "CoOp", "CoCoOp", "MaPLe", "KgCoOp", "PromptSRC"])
+
+
+def test_cross_dataset_averages_are_the_mean_of_the_ten_targets():
+    checked = []
+    for (protocol, method, dataset, _, backbone), average in VALUES.items():
+        rows = [VALUES.get((protocol, method, d, "accuracy", backbone)) for d in ELEVEN[1:]]
+        if protocol == "cross_dataset" and dataset == AVERAGE and None not in rows:
+            assert average == pytest.approx(sum(rows) / len(rows), abs=ROUNDING), method
+            checked.append(method)
+    assert sorted(checked) == ["CoCoOp", "CoOp", "PromptSRC"]
+
+
+def test_rows_are_unique_and_name_known_methods_and_datasets():
+    """A duplicate would be shadowed by ``lookup``, which returns the first match."""
+    keys = Counter((n.protocol, n.method, n.dataset, n.metric, n.backbone) for n in NUMBERS)
+    assert [key for key, count in keys.items() if count > 1] == []
+    assert {n.method for n in NUMBERS} <= set(METHODS)
+    datasets = {"base_to_new": {AVERAGE, *ELEVEN}, "cross_dataset": {AVERAGE, *ELEVEN},
+                "domain_generalization": {"ImageNet", *SHIFTS}, "few_shot": {AVERAGE}}
+    for n in NUMBERS:
+        assert n.dataset in datasets[n.protocol], n
+        assert 0 < n.value < 100, n
+
+
+def test_every_method_maps_to_presets_that_reproduce_it():
+    for paper, presets in METHODS.items():
+        for name in presets:
+            assert load_yaml(name).get("method") == name, (paper, name)
+
+
+def test_lookup_finds_the_new_methods_with_their_status():
+    kgcoop = lookup("base_to_new", "kgcoop", AVERAGE, "H", "ViT-B-16", "openai")
+    assert (kgcoop.value, kgcoop.status) == (77.00, "published")
+    dtd = lookup("base_to_new", "promptsrc", "DescribableTextures", "new", "ViT-B-16-quickgelu", "openai")
+    assert (dtd.value, dtd.status) == (62.97, "published (as recalled)")
+    assert lookup("base_to_new", "promptsrc", AVERAGE, "H", "ViT-B-16", "laion2b_s34b_b88k") is None
+    few_shot = lookup("few_shot", "promptsrc", AVERAGE, "accuracy", "ViT-B-16", "openai", shots=16)
+    assert (few_shot.value, few_shot.status) == (82.87, "published (as recalled)")
+    assert lookup("few_shot", "promptsrc", AVERAGE, "accuracy", "ViT-B-16", "openai", shots=4) is None
+    assert lookup("cross_dataset", "kgcoop", AVERAGE, "accuracy", "ViT-B-16", "openai") is None
