@@ -38,16 +38,17 @@ class ModelOutput:
     logit_scale: Optional[torch.Tensor] = None
     #: computes the batch's normalised image features without prompts; None: ``image_features`` are frozen already
     frozen_source: Optional[Callable[[], torch.Tensor]] = field(default=None, repr=False)
-    _frozen: Optional[torch.Tensor] = field(default=None, repr=False)
+    #: those frozen features once known (given by the engine from its cache, or computed on first use)
+    frozen: Optional[torch.Tensor] = field(default=None, repr=False)
     _zeroshot: Dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def frozen_image_features(self) -> torch.Tensor:
         """The same batch's normalised image features under the frozen, unprompted image tower (no gradient),
         computed on first use and kept for the other losses of the step."""
-        if self._frozen is None:
-            self._frozen = (self.image_features if self.frozen_source is None else self.frozen_source()).detach()
-        return self._frozen
+        if self.frozen is None:
+            self.frozen = (self.image_features if self.frozen_source is None else self.frozen_source()).detach()
+        return self.frozen
 
     def zeroshot_logits(self, class_features: torch.Tensor) -> torch.Tensor:
         """Zero-shot CLIP's logits for the batch: ``τ · frozen_image_features @ class_features.T`` (normalised
@@ -96,6 +97,9 @@ class ExtraLoss(nn.Module):
     """Base class for an additional loss term."""
 
     Config: ClassVar[type] = LossConfig
+    #: reads ``ModelOutput.frozen_image_features``: the engine then gives them from its feature cache of the
+    #: training views instead of running the unprompted image tower at every step
+    uses_frozen_image_features: ClassVar[bool] = False
 
     def __init__(self, cfg):
         super().__init__()

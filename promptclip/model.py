@@ -93,17 +93,23 @@ class PromptedCLIP(nn.Module):
 
         return compute
 
+    @property
+    def compares_to_frozen_images(self) -> bool:
+        """A loss reads ``ModelOutput.frozen_image_features`` (which the engine can then give from its cache)."""
+        return any(loss.uses_frozen_image_features for loss in self.losses.values())
+
     def forward(self, images: Optional[torch.Tensor], labels: Optional[torch.Tensor] = None,
-                class_features: Optional[torch.Tensor] = None,
-                image_features: Optional[torch.Tensor] = None) -> ModelOutput:
+                class_features: Optional[torch.Tensor] = None, image_features: Optional[torch.Tensor] = None,
+                frozen_image_features: Optional[torch.Tensor] = None) -> ModelOutput:
         """Logits for ``images``; with ``labels``, also the loss. ``class_features`` skips the text tower;
         ``image_features`` (normalised frozen features, for a model that does not prompt the image tower) replace
-        ``images`` and the image tower."""
+        ``images`` and the image tower; ``frozen_image_features`` (normalised, of the same images without prompts)
+        save a model that prompts the image tower computing them when a loss asks."""
         img = self.image_features(images) if image_features is None else image_features
         txt = class_features if class_features is not None else self.class_features(img)
-        frozen = self._frozen_source(images) if self.prompts_vision and image_features is None else None
+        source = self._frozen_source(images) if self.prompts_vision and image_features is None else None
         out = ModelOutput(logits=self.logits(img, txt), image_features=img, text_features=txt,
-                          logit_scale=self.backbone.logit_scale, frozen_source=frozen)
+                          logit_scale=self.backbone.logit_scale, frozen_source=source, frozen=frozen_image_features)
         if labels is not None:
             ce = F.cross_entropy(out.logits.float(), labels)
             terms = {"ce": ce.detach()}

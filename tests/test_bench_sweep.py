@@ -3,6 +3,7 @@ import csv
 import json
 
 import pytest
+import yaml
 
 from bench_fixtures import TINY, cli, fake_benchmarks
 from promptclip.bench.protocols import write_manifest
@@ -157,3 +158,23 @@ def test_runs_dispatched_to_worker_processes(data, tmp_path):
     other = tmp_path / "sequential"
     assert cli("bench", "few_shot", *common(data, other), *args) == 0
     assert parallel == {d: accuracy(other / f"zeroshot/tiny-vit_random/{d}/all/shots_0/seed_1") for d in parallel}
+
+
+def test_kgcoop_and_promptsrc_run_in_both_protocols(data, tmp_path):
+    """The new methods' presets through the protocols that list them (depth cut to the tiny towers' 2 layers)."""
+    root = tmp_path / "runs"
+    tiny_depth = ["text.text_depth=2", "text.vision_depth=2", "train.epochs=1", "train.max_steps_per_epoch=1"]
+    for protocol, src in (("base_to_new", "promptsrc"), ("few_shot", "promptsrc_fewshot")):
+        assert cli("bench", protocol, *common(data, root / protocol), TWO, "shots=[2]", "seeds=[1]",
+                   f"methods=[kgcoop, {src}]", "kgcoop:train.epochs=1", "kgcoop:train.max_steps_per_epoch=1",
+                   *[f"{src}:{o}" for o in tiny_depth], "--no-progress") == 0
+        write_report(root / protocol)
+        rows = table(root / protocol, protocol)
+        metric = "H" if protocol == "base_to_new" else "accuracy"
+        for method in ("kgcoop", src):
+            for dataset in ("DescribableTextures", "EuroSAT"):
+                assert rows[(method, "2", dataset, metric)]["mean"] != "", (protocol, method, dataset)
+    fewshot = root / "few_shot/promptsrc_fewshot/tiny-vit_random"
+    gpa = {name: yaml.safe_load((fewshot / name / "all/shots_2/seed_1/config.yaml").read_text())["callbacks"]["gpa"]
+           for name in ("DescribableTextures", "EuroSAT")}
+    assert gpa == {"DescribableTextures": {"mean": 45, "std": 5}, "EuroSAT": {"mean": 45, "std": 5}}

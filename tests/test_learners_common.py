@@ -121,7 +121,8 @@ def test_vit_b16_widths_and_vpt_init(vit_b16):
 
 
 @pytest.mark.parametrize("preset, overrides", [("coop", []), ("cocoop", []), ("maple", ["text.depth=2"]),
-                                               ("vpt_deep_clip", ["vision.depth=2"]), ("dapt", [])])
+                                               ("vpt_deep_clip", ["vision.depth=2"]), ("dapt", []), ("kgcoop", []),
+                                               ("promptsrc", ["text.text_depth=2", "text.vision_depth=2"])])
 def test_benchmark_step_runs_each_kind_of_method(tiny, preset, overrides):
     from promptclip.bench import speed
 

@@ -219,3 +219,36 @@ def test_kgcoop_trains_on_coop_and_on_cocoop(digits_root, tmp_path, presets, ext
     assert 0 < metrics["kgcoop"] < 2 and math.isclose(metrics["loss"], metrics["ce"] + 8 * metrics["kgcoop"],
                                                       rel_tol=1e-4)
     assert result["test"]["num_images"] > 0
+
+
+def test_promptsrc_frozen_image_features_come_from_the_view_cache(digits_root, tmp_path, monkeypatch):
+    """PromptSRC's image term reads the training views' frozen features: a warm cache runs no unprompted image
+    tower, and gives the same prompts as the cold run that filled it."""
+    from promptclip.engine import cache as cache_module
+
+    calls = []
+    real = cache_module.encode_loader
+    monkeypatch.setattr(cache_module, "encode_loader", lambda *a, **k: calls.append(1) or real(*a, **k))
+    shared = {"output.cache_dir": tmp_path / "cache", "data.augment": "true", "train.epochs": 2}
+    cold, _ = _gpa_run(digits_root, tmp_path / "cold", **shared)
+    assert len(calls) == 2  # one view per epoch
+    warm, _ = _gpa_run(digits_root, tmp_path / "warm", **shared)
+    assert len(calls) == 2  # both views were in the cache
+    a, b = (load_file(str(run_dir_for(cfg) / "prompts.safetensors")) for cfg in (cold, warm))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cached_frozen_features_are_those_of_the_very_images_of_the_step(digits_root, tmp_path, monkeypatch):
+    """The cached view features given to the loss match the unprompted tower on the step's own augmented images."""
+    checked = []
+    real = SelfRegulation.forward
+
+    def check(self, output, labels):
+        direct = output.frozen_source()  # the unprompted tower on this step's images
+        checked.append(float((output.frozen_image_features - direct).abs().max()))
+        return real(self, output, labels)
+
+    monkeypatch.setattr(SelfRegulation, "forward", check)
+    _gpa_run(digits_root, tmp_path, **{"data.augment": "true", "train.epochs": 2, "train.batch_size": 4,
+                                       "train.max_steps_per_epoch": 3})
+    assert len(checked) == 6 and max(checked) < 1e-5

@@ -10,6 +10,9 @@ A training step is timed in turn with the plain image-tower forward of the same 
 each (the least disturbed by other load) and their ratio. On CPU every step row runs in a fresh process, so its peak
 resident memory is its own; on a GPU the peak is the memory allocated during the step (a row that runs out of GPU
 memory says so and the others go on).
+
+Training from cached views (warm vs cold steps, the few-shot sweep's image-tower work, ``train.views``) is measured by
+``tools/views_speed.py``, which trains real runs; both write to docs/benchmarks.md.
 """
 import argparse
 import datetime

@@ -11,9 +11,10 @@ import torch
 
 from ..backbone import FrozenCLIP
 from ..config import build_config
+from ..data.base import Dataset
 from ..engine.precision import autocast
 from ..engine.runner import build_model
-from ..data.base import Dataset
+from ..losses import PrepareContext
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int = 3, warmup: int = 1) -> float:
@@ -69,7 +70,7 @@ def text_truncation(backbone: FrozenCLIP, device, prompts: int = 100) -> List[Di
 
 
 #: the method presets whose training step is timed
-METHODS = ("coop", "cocoop", "maple", "ivlp", "vpt_deep_clip", "vpt_shallow", "vfpt", "dapt")
+METHODS = ("coop", "cocoop", "maple", "ivlp", "vpt_deep_clip", "vpt_shallow", "vfpt", "dapt", "kgcoop", "promptsrc")
 
 
 def learner_step(backbone: FrozenCLIP, device, preset: str, overrides: Sequence[str] = (), num_classes: int = 10,
@@ -80,11 +81,14 @@ def learner_step(backbone: FrozenCLIP, device, preset: str, overrides: Sequence[
     at the peak (GPU: allocated tensors; CPU: the process's peak resident set, the row's own only in a fresh
     process)."""
     cfg = build_config([preset], ["data.root=/tmp", *overrides])
-    model = build_model(cfg, backbone, fake_dataset(num_classes)).to(device).train()
-    for loss in model.losses.values():  # DAPT prototypes: random stand-ins (a step costs the same)
-        if hasattr(loss, "prototypes"):
-            prototypes = torch.randn(num_classes, backbone.embed_dim, device=device)
-            loss.prototypes = torch.nn.functional.normalize(prototypes, dim=-1)
+    dataset = fake_dataset(num_classes)
+    model = build_model(cfg, backbone, dataset).to(device).train()
+    train_features = (torch.nn.functional.normalize(torch.randn(2 * num_classes, backbone.embed_dim), dim=-1),
+                      torch.arange(num_classes).repeat(2))  # random stand-ins (a step costs the same)
+    context = PrepareContext(backbone, dataset.classnames, dataset.template, dataset.name, device, cfg.train.epochs,
+                             lambda: train_features)
+    for loss in model.losses.values():
+        loss.prepare(context)
     params = model.trainable_parameters()
     optimizer = torch.optim.SGD(params, lr=1e-3)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None

@@ -223,7 +223,8 @@ def _run(cfg: Config, run_dir: Path, identity: runs.Identity, is_main: bool, pro
         log.info("%s has no parameters to train: evaluating only.", cfg.method_name)
     elif cfg.train.epochs > 0:
         last = train(model, dataset.train, cfg, device, precision, run_dir, progress, on_epoch_end,
-                     views=None if model.prompts_vision else views, callbacks=callbacks,
+                     views=views if not model.prompts_vision or model.compares_to_frozen_images else None,
+                     callbacks=callbacks,
                      **(distributed.train_hooks(dataset.train, cfg) if distributed is not None else {}))
     fields = {"num_parameters": sum(p.numel() for p in model.trainable_parameters()), "train_loss": last.get("loss"),
               "precision": precision, "train_seconds": round(time.time() - started, 2)}

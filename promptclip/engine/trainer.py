@@ -193,10 +193,12 @@ def train(model: PromptedCLIP, items: List[Item], cfg: Config, device: torch.dev
           callbacks: Optional[Dict[str, Callback]] = None) -> dict:
     """Train the model's prompts on ``items``; resumes from ``run_dir/checkpoint`` if present.
 
-    ``views`` (for a model that does not prompt the image tower) gives each epoch's frozen image features in place
-    of the images. ``callbacks`` run after every epoch (their state goes into the checkpoint) and once at the end. ``sampler_factory(epoch)``, ``wrap(model)``, ``batch_size`` (this process's share of
-    ``train.batch_size``) and ``is_main`` (only the main process writes metrics and checkpoints) are the hooks
-    distributed training uses.
+    ``views`` gives each epoch's frozen image features: in place of the images for a model that does not prompt the
+    image tower; beside them, as ``ModelOutput.frozen_image_features``, for one that does (PromptSRC's image term),
+    so those come from the feature cache too. ``callbacks`` run after every epoch (their state goes into the
+    checkpoint) and once at the end. ``sampler_factory(epoch)``, ``wrap(model)``, ``batch_size`` (this process's
+    share of ``train.batch_size``) and ``is_main`` (only the main process writes metrics and checkpoints) are the
+    hooks distributed training uses.
     """
     tc = cfg.train
     params = model.trainable_parameters()
@@ -214,6 +216,7 @@ def train(model: PromptedCLIP, items: List[Item], cfg: Config, device: torch.dev
     if is_main:
         _keep_metrics_before(metrics_path, start)
     forward = wrap(model) if wrap is not None else model
+    feed_features = views is not None and not model.prompts_vision
     transform = transform_for(model.backbone, train=cfg.data.augment)
     accum = max(1, tc.accum_steps)
     shown = Progress(progress, f"train {cfg.method_name}", start, tc.epochs)
@@ -233,6 +236,7 @@ def train(model: PromptedCLIP, items: List[Item], cfg: Config, device: torch.dev
             if views is not None:
                 cut = [i for batch in batches[:steps] for i in batch] if steps < len(batches) else None
                 features, targets = views.features(epoch, cut)
+            if feed_features:
                 data = ((features[b], targets[b]) for b in map(torch.tensor, batches[:steps]))
             else:
                 seeds = view_seeds(items, cfg.seed, view_index(epoch, tc.views)) if cfg.data.augment else None
@@ -245,7 +249,13 @@ def train(model: PromptedCLIP, items: List[Item], cfg: Config, device: torch.dev
             for step, (inputs, labels) in enumerate(data):
                 inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
                 with autocast(device, precision):
-                    out = forward(None, labels, image_features=inputs) if views is not None else forward(inputs, labels)
+                    if feed_features:
+                        out = forward(None, labels, image_features=inputs)
+                    elif views is not None:  # the same views' frozen features, for the losses that compare to them
+                        frozen = features[torch.tensor(batches[step])].to(device, non_blocking=True)
+                        out = forward(inputs, labels, frozen_image_features=frozen)
+                    else:
+                        out = forward(inputs, labels)
                 if not torch.isfinite(out.loss.detach()):
                     raise _non_finite(f"The loss became {float(out.loss.detach())}", epoch, step, steps, saved, cfg,
                                       precision)

@@ -49,6 +49,7 @@ class SelfRegulation(ExtraLoss):
     """PromptSRC's mutual-agreement terms; the frozen image features come from :class:`ModelOutput` (once per batch)."""
 
     Config = PromptSRCConfig
+    uses_frozen_image_features = True
 
     def __init__(self, cfg):
         super().__init__(cfg)
