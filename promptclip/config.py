@@ -127,8 +127,11 @@ class OutputConfig:
     #: runs go under root/<method>/<dataset>/<subsample>/shots_<K>/seed_<S> unless dir is given
     root: str = "runs"
     dir: Optional[str] = None
-    #: few-shot draws, prototypes and feature caches
+    #: few-shot draws and feature caches
     cache_dir: str = ".promptclip-cache"
+    #: store the frozen features of training views in cache_dir (false: compute them each time; the same results
+    #: without the disk space, about 2 KB per image and view at ViT-B/16)
+    cache_views: bool = True
 
 
 @dataclass

@@ -48,8 +48,8 @@ def test_a_warm_cache_gives_the_cold_runs_prompts_and_result(digits_root, tmp_pa
 
 def test_training_without_the_cache_gives_the_same_prompts(digits_root, tmp_path):
     cached = run(config(digits_root, tmp_path, **{"output.dir": tmp_path / "a"}), progress=False)
-    uncached = run(config(digits_root, tmp_path, **{"output.dir": tmp_path / "b", "output.cache_dir": tmp_path / "c2"}),
-                   progress=False, cache_views=False)
+    uncached = run(config(digits_root, tmp_path, **{"output.dir": tmp_path / "b", "output.cache_dir": tmp_path / "c2",
+                                                     "output.cache_views": "false"}), progress=False)
     assert views_stored(tmp_path) == 3 and views_stored(tmp_path, "c2") == 0
     assert uncached["test"] == cached["test"] and uncached["train_loss"] == cached["train_loss"]
     assert torch.equal(load_prompts(tmp_path / "a").text.ctx, load_prompts(tmp_path / "b").text.ctx)

@@ -66,13 +66,11 @@ def load_backbone(cfg: Config, device: torch.device) -> FrozenCLIP:
 
 
 def run(cfg: Config, progress: bool = True, on_epoch_end: Optional[Callable[[int], None]] = None,
-        backbone: Optional[FrozenCLIP] = None, distributed=None, replace: bool = False,
-        cache_views: bool = True) -> dict:
+        backbone: Optional[FrozenCLIP] = None, distributed=None, replace: bool = False) -> dict:
     """Train and evaluate one configuration; returns (and writes) its result.
 
     A finished run with the same settings is read back; an interrupted one resumes. A folder holding a run made with
     other settings is an error (``replace=True`` deletes that run first). The main process holds the run's lock.
-    ``cache_views=False`` computes the frozen features of training views without storing them (same result).
     Launched by torchrun and given no ``distributed``, the process joins the process group for this run (one DDP
     run; the other processes return ``{}`` and log only warnings).
     """
@@ -84,15 +82,14 @@ def run(cfg: Config, progress: bool = True, on_epoch_end: Optional[Callable[[int
     if quiet:
         log.setLevel(logging.WARNING)
     try:
-        return _run_locked(cfg, progress and not quiet, on_epoch_end, backbone, distributed, replace, cache_views)
+        return _run_locked(cfg, progress and not quiet, on_epoch_end, backbone, distributed, replace)
     finally:
         log.setLevel(level)
         if joined:
             distributed.close()
 
 
-def _run_locked(cfg: Config, progress: bool, on_epoch_end, backbone, distributed, replace: bool,
-                cache_views: bool) -> dict:
+def _run_locked(cfg: Config, progress: bool, on_epoch_end, backbone, distributed, replace: bool) -> dict:
     if cfg.text is None:
         raise ConfigError("No text learner: set text.name (coop, zeroshot, ...) or use a preset (-c coop).")
     cfg = runs.resolve(cfg)
@@ -107,8 +104,7 @@ def _run_locked(cfg: Config, progress: bool, on_epoch_end, backbone, distributed
             return state.result
         with _run_log(run_dir if is_main else None) as own, console_through_bars(show_bars(progress)):
             try:
-                return _run(cfg, run_dir, identity, is_main, progress, on_epoch_end, backbone, distributed, own,
-                            cache_views)
+                return _run(cfg, run_dir, identity, is_main, progress, on_epoch_end, backbone, distributed, own)
             except TrainingError as err:
                 if is_main and (run_dir / runs.IDENTITY).is_file():
                     atomic_write_json(run_dir / runs.FAILED, {"error": str(err), "at": runs.now()})
@@ -180,7 +176,7 @@ def _claim(run_dir: Path, identity: runs.Identity, replace: bool, distributed) -
 
 def _run(cfg: Config, run_dir: Path, identity: runs.Identity, is_main: bool, progress: bool,
          on_epoch_end: Optional[Callable[[int], None]], backbone: Optional[FrozenCLIP], distributed,
-         own: Callable[[], None], cache_views: bool) -> dict:
+         own: Callable[[], None]) -> dict:
     device = distributed.device if distributed is not None else resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     bars = show_bars(progress)
@@ -205,7 +201,7 @@ def _run(cfg: Config, run_dir: Path, identity: runs.Identity, is_main: bool, pro
              dataset.num_classes, len(dataset.train), model.parameter_report())
     views = TrainingViews(backbone, dataset.train, cfg.seed, cfg.train.views, cfg.data.augment,
                           cfg.train.eval_batch_size, cfg.data.num_workers, device, precision,
-                          cfg.output.cache_dir if cache_views else None, bars, distributed)
+                          cfg.output.cache_dir if cfg.output.cache_views else None, bars, distributed)
     callbacks = build_callbacks(cfg.callbacks)
     if model.losses or callbacks:
         context = PrepareContext(backbone=backbone, classnames=dataset.classnames, template=dataset.template,
