@@ -27,21 +27,29 @@ BUILT_IN = {"coop", "cocoop", "maple", "ivlp", "vpt", "zeroshot"}
 def provides_prompts(cls) -> bool:
     """Whether ``cls`` implements a hook of the prompt interface (``text_features`` or ``vision_prompts``).
 
-    The linear probe is registered as a learner only so that ``text.name=linear_probe`` is a validated config: the
-    engine fits it on frozen features, it implements neither hook and refuses construction, so it has no prompts
-    for these tests to check (``test_the_registry_is_covered`` holds such classes to refusing construction)."""
+    A closed-form learner (``fits_in_closed_form``, the linear probe) is fitted by the engine through ``fit`` on
+    frozen features and holds no prompts for these tests to check (``test_the_registry_is_covered`` holds it to
+    implementing no hook and refusing construction as a prompt learner)."""
     return cls.text_features is not Learner.text_features or cls.vision_prompts is not Learner.vision_prompts
 
 
-PROMPT_LEARNERS = [name for name in LEARNERS.names() if provides_prompts(LEARNERS.get(name))]
-TRAINED = [name for name in PROMPT_LEARNERS if LEARNERS.get(name).Config.uses_training_data]
+PROMPT_LEARNERS = [name for name in LEARNERS.names() if not LEARNERS.get(name).fits_in_closed_form]
+#: options that take a learner down another code path, checked like its defaults (VFPT's Fourier prompts; deep
+#: prompts after the patches before ln_pre with per-image dropout)
+VARIANTS = {"vpt": ({"fourier": "both", "depth": 2},
+                    {"placement": "after_patches", "before_ln_pre": True, "depth": 2, "dropout": 0.1})}
+CASES = [pytest.param(name, {}, id=name) for name in PROMPT_LEARNERS] + [
+    pytest.param(name, options, id=f"{name}-" + "-".join(f"{k}={v}" for k, v in options.items()))
+    for name, variants in VARIANTS.items() for options in variants]
+TRAINED = [case for case in CASES if LEARNERS.get(case.values[0]).Config.uses_training_data]
 
 
-def tiny_config(name: str, backbone):
-    """``name``'s Config from its defaults, with ``*depth`` options capped at the tiny towers' layer count."""
+def tiny_config(name: str, backbone, options: dict):
+    """``name``'s Config from its defaults and ``options``, with ``*depth`` options capped at the tiny towers' layer
+    count."""
     cls = LEARNERS.get(name)
     layers = min(backbone.num_text_layers, backbone.num_vision_layers)
-    cfg = cls.Config()
+    cfg = cls.Config(**options)
     if cfg.name != name:
         pytest.fail(f"learner {name!r}: its Config's name defaults to {cfg.name!r}; saved prompts record that name "
                     f"and are rebuilt from it, so set `name: str = {name!r}` in {cls.Config.__name__}.")
@@ -50,9 +58,9 @@ def tiny_config(name: str, backbone):
     return dataclasses.replace(cfg, **depths)
 
 
-def build(name: str, backbone) -> Learner:
+def build(name: str, backbone, options: dict) -> Learner:
     try:
-        return build_learner(tiny_config(name, backbone), backbone, CLASSES, TEMPLATE, DATASET)
+        return build_learner(tiny_config(name, backbone, options), backbone, CLASSES, TEMPLATE, DATASET)
     except PromptclipError as err:
         pytest.fail(f"learner {name!r} cannot be built from its Config defaults on {backbone.name} ({err}). The "
                     f"conformance tests build every registered learner that way, capping only options named `*depth` "
@@ -60,13 +68,13 @@ def build(name: str, backbone) -> Learner:
                     f"default that works on a small ViT, and name layer counts `...depth`.")
 
 
-def build_model(name: str, backbone) -> PromptedCLIP:
+def build_model(name: str, backbone, options: dict) -> PromptedCLIP:
     """``name`` alone, or as the vision learner beside zero-shot text if it does not prompt the text tower."""
     torch.manual_seed(0)
-    learner = build(name, backbone)
+    learner = build(name, backbone, options)
     if "text" in learner.sides:
         return PromptedCLIP(backbone, learner)
-    return PromptedCLIP(backbone, build("zeroshot", backbone), learner)
+    return PromptedCLIP(backbone, build("zeroshot", backbone, {}), learner)
 
 
 def batch(n: int = 6):
@@ -109,9 +117,14 @@ def eval_logits(model: PromptedCLIP, images: torch.Tensor) -> torch.Tensor:
 
 
 def test_the_registry_is_covered(tiny):
-    assert BUILT_IN <= set(PROMPT_LEARNERS) and BUILT_IN & set(TRAINED) == BUILT_IN - {"zeroshot"}
+    trained = {case.values[0] for case in TRAINED}
+    assert BUILT_IN <= set(PROMPT_LEARNERS) and BUILT_IN & trained == BUILT_IN - {"zeroshot"}
+    hookless = [name for name in PROMPT_LEARNERS if not provides_prompts(LEARNERS.get(name))]
+    assert not hookless, (f"{hookless}: implement text_features and/or vision_prompts (a prompt learner), or set "
+                          f"fits_in_closed_form and implement fit (a method fitted on frozen features)")
     for name in sorted(set(LEARNERS.names()) - set(PROMPT_LEARNERS)):
         cls = LEARNERS.get(name)
+        assert not provides_prompts(cls), f"{name} is fitted in closed form but also declares prompts"
         try:
             cls(cls.Config(), tiny, CLASSES)
         except ConfigError:
@@ -121,9 +134,9 @@ def test_the_registry_is_covered(tiny):
                     f"promptclip.learners.base.Learner), or raise a ConfigError in __init__ if it holds no prompts.")
 
 
-@pytest.mark.parametrize("name", PROMPT_LEARNERS)
-def test_gradients_reach_only_the_learners(tiny, name):
-    model = build_model(name, tiny)
+@pytest.mark.parametrize("name, options", CASES)
+def test_gradients_reach_only_the_learners(tiny, name, options):
+    model = build_model(name, tiny, options)
     model.train()
     loss = model(*batch()).loss
     learned = learned_parameters(model)
@@ -139,17 +152,17 @@ def test_gradients_reach_only_the_learners(tiny, name):
     assert all(p.grad is None for p in model.backbone.parameters())
 
 
-@pytest.mark.parametrize("name", TRAINED)
-def test_sgd_steps_lower_the_loss(tiny, name):
-    model = build_model(name, tiny)
+@pytest.mark.parametrize("name, options", TRAINED)
+def test_sgd_steps_lower_the_loss(tiny, name, options):
+    model = build_model(name, tiny, options)
     before = eval_loss(model)
     sgd_steps(model, steps=5)
     assert eval_loss(model) < 0.97 * before
 
 
-@pytest.mark.parametrize("name", PROMPT_LEARNERS)
-def test_save_load_gives_the_logits_of_the_saved_model(tiny, name, tmp_path):
-    model = build_model(name, tiny)
+@pytest.mark.parametrize("name, options", CASES)
+def test_save_load_gives_the_logits_of_the_saved_model(tiny, name, options, tmp_path):
+    model = build_model(name, tiny, options)
     images, _ = batch(3)
     initial = eval_logits(model, images)
     if model.trainable_parameters():  # move away from the initialisation, which a lossy load could fall back to
@@ -165,9 +178,9 @@ def test_save_load_gives_the_logits_of_the_saved_model(tiny, name, tmp_path):
             (type(learner), learner.cfg, CLASSES, TEMPLATE, DATASET)
 
 
-@pytest.mark.parametrize("name", PROMPT_LEARNERS)
-def test_new_classes_keep_the_learned_prompts(tiny, name):
-    model = build_model(name, tiny)
+@pytest.mark.parametrize("name, options", CASES)
+def test_new_classes_keep_the_learned_prompts(tiny, name, options):
+    model = build_model(name, tiny, options)
     if model.trainable_parameters():
         sgd_steps(model, steps=1)
     images, _ = batch(3)
@@ -181,9 +194,9 @@ def test_new_classes_keep_the_learned_prompts(tiny, name):
     torch.testing.assert_close(eval_logits(model, images), logits, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", PROMPT_LEARNERS)
-def test_eval_mode_is_deterministic(tiny, name):
-    model = build_model(name, tiny)
+@pytest.mark.parametrize("name, options", CASES)
+def test_eval_mode_is_deterministic(tiny, name, options):
+    model = build_model(name, tiny, options)
     images, _ = batch(3)
     first = eval_logits(model, images)
     assert torch.equal(eval_logits(model, images), first)
