@@ -46,7 +46,13 @@ MANIFEST_PREFIX = "protocol-"
 #: every file a run writes (split files generated for a dataset without one are ``split_*.json``); the sweep's own
 #: files in a run folder (SWEEP_SPEC, SWEEP_LOG) describe the request, not a result, and are not among them
 RUN_FILES = (CONFIG, IDENTITY, RESULT, FAILED, METRICS, LOG, PROMPTS, PROMPTS_META, CLASSIFIER)
-IDENTITY_VERSION = 1
+#: bumped when the same settings start to give other results, so that no run of an older version is reused or
+#: resumed; each version says what changed
+IDENTITY_VERSION = 2
+VERSION_CHANGES = {
+    2: "DAPT's prototypes come from the first cached training view, the zero-shot ensemble on ImageNet is CoOp's 7 "
+       "templates, MaPLe's couplings start as the reference's copies and VPT's prompt dropout is per image",
+}
 #: settings that never change a run's result
 NOT_IDENTITY = ("method", "output", "model.cache_dir", "data.num_workers", "train.device", "train.checkpoint_every",
                 "train.eval_batch_size", "train.evaluate")
@@ -222,6 +228,7 @@ def fingerprint(settings: Dict[str, Any]) -> str:
 class Identity:
     settings: Dict[str, Any]
     fingerprint: str
+    version: int = IDENTITY_VERSION  # the IDENTITY_VERSION of the promptclip that wrote it
 
     @classmethod
     def of(cls, cfg) -> "Identity":
@@ -279,13 +286,16 @@ def read_result(run_dir: PathLike) -> Optional[dict]:
 
 def read_identity(run_dir: PathLike) -> Optional[Identity]:
     data = read_json(Path(run_dir) / IDENTITY, "a run's identity", ("fingerprint", "settings"))
-    return None if data is None else Identity(dict(data["settings"]), str(data["fingerprint"]))
+    if data is None:
+        return None
+    version = data.get("version", 1)  # version 1 did not record itself
+    return Identity(dict(data["settings"]), str(data["fingerprint"]), version if isinstance(version, int) else 0)
 
 
 def write_identity(run_dir: PathLike, identity: Identity, config_yaml: str) -> None:
     atomic_write_text(Path(run_dir) / CONFIG, config_yaml)
     atomic_write_json(Path(run_dir) / IDENTITY, {"fingerprint": identity.fingerprint, "settings": identity.settings,
-                                                 "created": now()})
+                                                 "version": identity.version, "created": now()})
 
 
 def now() -> str:
@@ -333,6 +343,12 @@ def run_state(run_dir: PathLike, identity: Identity) -> RunState:
             failure = read_json(run_dir / FAILED, "a run's failure record")
         except CorruptFile:
             failure = None
+        if stored.version != identity.version:
+            changed = VERSION_CHANGES.get(identity.version, "")
+            return RunState("other", run_dir, stored=stored, failure=failure,
+                            problem=f"{run_dir} holds a run made by an earlier promptclip (run identity version "
+                                    f"{stored.version}, now {identity.version}), whose results this version's "
+                                    f"would not equal{': ' + changed if changed else ''}.")
         return RunState("other", run_dir, stored=stored, failure=failure, differences=stored.differences(identity))
     try:
         result = read_result(run_dir)

@@ -92,6 +92,27 @@ def test_a_finished_run_is_not_reused_for_other_settings(folder, tmp_path, chang
     assert replaced["fingerprint"] == runs.Identity.of(config(folder, tmp_path, **change)).fingerprint
 
 
+def test_a_run_of_an_earlier_identity_version_is_neither_reused_nor_resumed(folder, tmp_path, monkeypatch):
+    cfg = config(folder, tmp_path, **{"train.epochs": 1})
+    monkeypatch.setattr(runs, "IDENTITY_VERSION", 1)  # the fingerprint the promptclip of version 1 computed
+    old = runs.Identity.of(cfg)
+    monkeypatch.undo()
+    assert old.settings == runs.Identity.of(cfg).settings and old.fingerprint != runs.Identity.of(cfg).fingerprint
+    run_dir = runs.default_run_dir(cfg)
+    run_dir.mkdir(parents=True)
+    runs.write_identity(run_dir, runs.Identity(old.settings, old.fingerprint, version=1), "config: old\n")
+    identity = json.loads((run_dir / runs.IDENTITY).read_text())
+    del identity["version"]  # version 1 wrote none
+    (run_dir / runs.IDENTITY).write_text(json.dumps(identity))
+    (run_dir / runs.RESULT).write_text(json.dumps({"test": {"accuracy": 99.0}, "fingerprint": old.fingerprint}))
+    with pytest.raises(runs.RunMismatch) as err:
+        run(cfg, progress=False)
+    message = str(err.value)
+    assert "earlier promptclip (run identity version 1, now 2)" in message and "DAPT" in message
+    assert "--replace" in message and json.loads((run_dir / runs.RESULT).read_text())["test"]["accuracy"] == 99.0
+    assert run(cfg, progress=False, replace=True)["test"]["accuracy"] != 99.0
+
+
 class Interrupt(Exception):
     pass
 
