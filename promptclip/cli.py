@@ -55,29 +55,25 @@ def _config(args, extra_presets: List[str] = ()):
     return build_config([*extra_presets, *args.config], args.overrides)
 
 
-def cmd_train(args) -> int:
+def _run_and_report(args, presets: List[str], what: str) -> int:
     """One run; under torchrun (``torchrun --nproc_per_node N -m promptclip train ...``) one DDP run."""
     from .engine import run
     from .runs import default_run_dir
 
-    cfg = _config(args)
+    cfg = _config(args, presets)
     result = run(cfg, progress=not args.quiet, replace=args.replace)  # {} on the other processes of a DDP run
     if result.get("test"):
-        print(f"test accuracy {result['test']['accuracy']:.2f}%  macro-F1 {result['test']['macro_f1']:.2f}%  "
+        print(f"{what} accuracy {result['test']['accuracy']:.2f}%  macro-F1 {result['test']['macro_f1']:.2f}%  "
               f"(run folder: {default_run_dir(cfg)})")
     return 0
 
 
+def cmd_train(args) -> int:
+    return _run_and_report(args, [], "test")
+
+
 def cmd_zeroshot(args) -> int:
-    from .engine import run
-
-    from .runs import default_run_dir
-
-    cfg = _config(args, ["zeroshot"])
-    result = run(cfg, progress=not args.quiet, replace=args.replace)
-    print(f"zero-shot accuracy {result['test']['accuracy']:.2f}%  macro-F1 {result['test']['macro_f1']:.2f}%  "
-          f"(run folder: {default_run_dir(cfg)})")
-    return 0
+    return _run_and_report(args, ["zeroshot"], "zero-shot")
 
 
 def cmd_eval(args) -> int:

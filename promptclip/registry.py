@@ -42,8 +42,12 @@ class Registry(Generic[T]):
 
     def _discover(self) -> None:
         if not Registry._discovered:
-            Registry._discovered = True
-            importlib.import_module("promptclip.plugins").load_all()
+            Registry._discovered = True  # set first: the registrants' own imports look names up too
+            try:
+                importlib.import_module("promptclip.plugins").load_all()
+            except BaseException:
+                Registry._discovered = False  # a failed import is reported again, never half-filled registries
+                raise
 
     def get(self, name: str) -> T:
         self._discover()

@@ -193,6 +193,10 @@ def test_an_outside_plugin_registers_without_editing_promptclip(tmp_path):
     env["PROMPTCLIP_PLUGINS"] = "broken_plugin"
     failed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert failed.returncode != 0 and "broken_plugin" in failed.stderr and "half-installed" in failed.stderr
+    twice = ("from promptclip.registry import LOSSES\nfor _ in range(2):\n    try:\n        LOSSES.get('kgcoop')\n"
+             "    except Exception as err:\n        print(type(err).__name__)")
+    again = subprocess.run([sys.executable, "-c", twice], env=env, capture_output=True, text=True)
+    assert again.stdout.split() == ["PromptclipError", "PromptclipError"], again.stderr  # never half-filled silently
 
 
 def test_a_run_made_with_an_unloaded_plugin_is_not_called_damaged(tmp_path):

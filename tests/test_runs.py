@@ -113,6 +113,21 @@ def test_a_run_of_an_earlier_identity_version_is_neither_reused_nor_resumed(fold
     assert run(cfg, progress=False, replace=True)["test"]["accuracy"] != 99.0
 
 
+def test_a_finished_run_is_reported_by_the_main_process_only(folder, tmp_path):
+    cfg = config(folder, tmp_path, **{"train.epochs": 1})
+    first = run(cfg, progress=False)
+
+    class OtherProcess:  # what run() needs of a second DDP process here: its rank and the main one's decision
+        is_main, rank = False, 1
+
+        @staticmethod
+        def share(_):
+            return runs.run_state(runs.default_run_dir(cfg), runs.Identity.of(cfg))  # the main process's: done
+
+    assert run(cfg, progress=False, distributed=OtherProcess()) == {}
+    assert run(cfg, progress=False) == first
+
+
 class Interrupt(Exception):
     pass
 

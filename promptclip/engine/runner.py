@@ -101,7 +101,7 @@ def _run_locked(cfg: Config, progress: bool, on_epoch_end, backbone, distributed
         if state.status == "done":
             log.info("%s already finished on %s with these settings; reusing its result.", run_dir,
                      state.result.get("finished_at", "an earlier date"))
-            return state.result
+            return state.result if is_main else {}
         with _run_log(run_dir if is_main else None) as own, console_through_bars(show_bars(progress)):
             try:
                 return _run(cfg, run_dir, identity, is_main, progress, on_epoch_end, backbone, distributed, own)
