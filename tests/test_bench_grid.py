@@ -11,7 +11,7 @@ from bench_fixtures import cli, coloured_folder, fake_benchmarks
 from promptclip import runs
 from promptclip.bench.protocols import expand, grid_label, parse_protocol, write_manifest
 from promptclip.bench.report import write_report
-from promptclip.bench.sweep import read_spec, run_sweep, status, write_spec
+from promptclip.bench.sweep import plan_sweep, read_spec, run_sweep, status, write_spec
 from promptclip.errors import ConfigError
 
 TINY_CONFIG = {"model.name": "tiny-vit", "model.pretrained": None, "train.epochs": 1, "train.batch_size": 4,
@@ -119,10 +119,14 @@ def test_the_validation_best_setting_is_chosen_and_its_test_reported(folder, tmp
 def test_grid_points_never_share_a_folder(tmp_path):
     grid = {"optim.lr": [0.002, 0.02], "text.n_ctx": [2, 4], "optim.betas": [[0.9, 0.999], [0.8, 0.99]]}
     proto = protocol(tmp_path, "EuroSAT", grid, seeds=[1, 2],
-                     methods=["coop", {"preset": "zeroshot", "shots": [0], "seeds": [1]}])
+                     methods=["coop", {"preset": "zeroshot", "shots": [0], "seeds": [1]}, "linear_probe"])
     specs = expand(proto)
     coop = [s for s in specs if s.method == "coop"]
     assert len(coop) == 8 * 2 and [s for s in specs if s.method == "zeroshot"][0].grid == {}  # zero-shot: no grid
+    probe = [s for s in specs if s.method == "linear_probe"]  # fitted in closed form, it tunes C on val itself
+    assert len(probe) == 2 and all(s.grid == {} and s.validation is None for s in probe)
+    with pytest.raises(ConfigError, match="linear_probe is fitted in closed form .* takes no grid"):
+        expand(protocol(tmp_path, "EuroSAT", methods=[{"preset": "linear_probe", "grid": {"optim.lr": [0.1]}}]))
     assert len({s.run_dir for s in specs}) == len(specs)
     assert len({s.identity.fingerprint for s in specs}) == len(specs)
     for spec in coop:
@@ -176,3 +180,12 @@ def test_no_tuning_on_a_test_split(tmp_path, folder):
     specs = expand(protocol(tmp_path / "runs", colours(no_test), {"optim.lr": [0.002]}))
     with pytest.raises(ConfigError, match="no_test has no validation split of its own"):
         run_sweep(specs, progress=False)
+
+
+def test_a_home_relative_root_is_one_folder_for_runs_manifest_and_validation(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    plan = plan_sweep("tune_dapt", ["datasets=[EuroSAT]", "shots=[2]", "seeds=[1]", "output.root=~/tune",
+                                    "data.root=/data"])
+    home = tmp_path / "home" / "tune"
+    assert plan.root == home and all(home in s.run_dir.parents and home in s.validation.parents for s in plan.runs)
+    assert write_manifest(plan.protocol, plan.runs, plan.root, plan.overrides).parent == home

@@ -54,7 +54,7 @@ from .. import runs
 from ..config import (DEFAULT_TEXT, Config, bounded, from_dict, load_yaml, merge, parse_override, preset_dirs,
                       read_yaml_mapping, to_dict)
 from ..errors import ConfigError
-from ..registry import suggest
+from ..registry import LEARNERS, suggest
 from ..utils import atomic_write_json
 
 #: keys the protocol sets itself, with the protocol key to use instead
@@ -443,7 +443,7 @@ def _build(layers: Sequence[dict], where: str) -> Config:
 def sweep_root(protocol: Protocol, overrides: Sequence[str] = ()) -> Path:
     """The folder the runs go under: ``output.root`` of the protocol's config and the overrides."""
     layers = [protocol.config, *(parse_override(text) for text in overrides)]
-    return Path(_build(layers, f"{protocol.source}: config").output.root)
+    return Path(_build(layers, f"{protocol.source}: config").output.root).expanduser()
 
 
 def grid_points(grid: Grid) -> List[Dict[str, Any]]:
@@ -469,11 +469,16 @@ def grid_label(point: Dict[str, Any]) -> str:
 def _method_grid(protocol: Protocol, method: MethodEntry, base: Config, cli_keys: Sequence[str], where: str) -> Grid:
     """The grid ``method`` is tuned over, with every key checked against its config: a key must be a config key
     (with a suggestion otherwise), must not add a loss or callback the method does not have, and must not also be
-    overridden on the command line. The protocol's grid applies to methods that train; a method's own ``grid`` always."""
+    overridden on the command line. The protocol's grid applies to methods that train by gradient steps; a method's
+    own ``grid`` always. A method fitted in closed form (the linear probe) tunes itself on val and takes none."""
+    closed_form = LEARNERS.get(base.text.name).fits_in_closed_form
+    if method.grid and closed_form:
+        raise ConfigError(f"{where}: {base.text.name} is fitted in closed form and chooses its own settings on the "
+                          f"validation split; it takes no grid. Remove its grid.")
     if method.grid is not None:
         grid = method.grid
     else:
-        grid = protocol.grid if runs.effective_shots(base) != 0 else {}
+        grid = protocol.grid if runs.effective_shots(base) != 0 and not closed_form else {}
     for key, values in grid.items():
         here = f"{where}: grid key {key!r}"
         _build([to_dict(base), parse_override(f"{key}={json.dumps(values[0])}")], here)
