@@ -76,7 +76,7 @@ def _context(learner, backbone: FrozenCLIP, table: torch.Tensor, topk: int) -> O
     class_specific = ctx.dim() == 3
     flat = ctx.reshape(-1, ctx.shape[-1])
     distances, ids = nearest_tokens(flat.to(table.device), table, topk)
-    norms = flat.double().norm(dim=-1).tolist()
+    norms = _norms(flat)
     vectors = []
     for row, (dist, idx) in enumerate(zip(distances.tolist(), ids.tolist())):
         cls, slot = divmod(row, ctx.shape[-2])

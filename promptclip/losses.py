@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Dict, List, Literal, Optional, Sequence, Tuple, Union, get_args
+from typing import Any, Callable, ClassVar, List, Literal, Optional, Sequence, Tuple, Union, get_args
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,9 @@ class ModelOutput:
     frozen_source: Optional[Callable[[], torch.Tensor]] = field(default=None, repr=False)
     #: those frozen features once known (given by the engine from its cache, or computed on first use)
     frozen: Optional[torch.Tensor] = field(default=None, repr=False)
-    _zeroshot: Dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    #: (class features, zero-shot logits) computed this step; the class features are held, so they are matched by
+    #: identity (an ``id`` alone could be reused by a later tensor)
+    _zeroshot: List[Tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list, repr=False)
 
     @property
     def frozen_image_features(self) -> torch.Tensor:
@@ -53,11 +55,13 @@ class ModelOutput:
     def zeroshot_logits(self, class_features: torch.Tensor) -> torch.Tensor:
         """Zero-shot CLIP's logits for the batch: ``τ · frozen_image_features @ class_features.T`` (normalised
         ``[C, E]`` class features, e.g. from :meth:`PrepareContext.zeroshot_class_features`); once per batch."""
-        key = id(class_features)
-        if key not in self._zeroshot:
-            image = self.frozen_image_features
-            self._zeroshot[key] = (self.logit_scale * image @ class_features.to(image.dtype).t()).detach()
-        return self._zeroshot[key]
+        for known, logits in self._zeroshot:
+            if known is class_features:
+                return logits
+        image = self.frozen_image_features
+        logits = (self.logit_scale * image @ class_features.to(image.dtype).t()).detach()
+        self._zeroshot.append((class_features, logits))
+        return logits
 
 
 @dataclass

@@ -196,7 +196,8 @@ def _flatten(data: Any, prefix: str = "") -> Dict[str, Any]:
     return {prefix[:-1]: data}
 
 
-def _excluded(key: str, names: Sequence[str]) -> bool:
+def within(key: str, names: Sequence[str]) -> bool:
+    """Whether dotted ``key`` is one of ``names`` or inside one of them (``optim.lr`` is within ``optim``)."""
     return any(key == n or key.startswith(n + ".") for n in names)
 
 
@@ -205,7 +206,7 @@ def identity_settings(cfg) -> Dict[str, Any]:
     weights give the same settings however they were written."""
     cfg = resolve(cfg)
     flat = _flatten(dataclasses.asdict(cfg))
-    settings = {k: v for k, v in flat.items() if not _excluded(k, NOT_IDENTITY)}
+    settings = {k: v for k, v in flat.items() if not within(k, NOT_IDENTITY)}
     settings["data.name"] = canonical_dataset(cfg.data.name)
     if cfg.data.name.lower().endswith((".yaml", ".yml")):
         settings["data.name"] = str(_local_path(cfg.data.name) or cfg.data.name)
@@ -250,7 +251,7 @@ def _show(value: Any) -> str:
 def eval_identity(cfg, run_fingerprint: str) -> Identity:
     """What an evaluation of a run's prompts depends on: the run, and the evaluation's model and data."""
     settings = {k: v for k, v in identity_settings(cfg).items()
-                if _excluded(k, EVAL_SETTINGS) and k != "data.shots"}
+                if within(k, EVAL_SETTINGS) and k != "data.shots"}
     settings["run"] = run_fingerprint
     return Identity(settings, fingerprint(settings))
 

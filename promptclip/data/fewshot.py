@@ -57,11 +57,13 @@ def sample_per_class(items: Sequence[Item], k: int, rng: random.Random, warn_nam
     return chosen
 
 
-def draw_path(cache_dir: Path, ds: Dataset, shots: int, seed: int) -> Path:
-    """Where a draw of ``ds`` is stored: by name and content, so two datasets that share a name (two folders called
-    ``images``) never share draws, and changed data gets a draw of its own."""
+def draw_path(cache_dir: Path, ds: Dataset, shots: int, seed: int, checksum: Optional[str] = None) -> Path:
+    """Where a draw of ``ds`` is stored: by name and content (``checksum``, :func:`dataset_checksum` unless given), so
+    two datasets that share a name (two folders called ``images``) never share draws, and changed data gets a draw of
+    its own."""
     name = re.sub(r"[^A-Za-z0-9._+-]+", "_", ds.name).strip("._") or "dataset"
-    return Path(cache_dir) / "fewshot" / f"{name}-{dataset_checksum(ds)}" / f"shots_{shots}-seed_{seed}.json"
+    checksum = checksum or dataset_checksum(ds)
+    return Path(cache_dir) / "fewshot" / f"{name}-{checksum}" / f"shots_{shots}-seed_{seed}.json"
 
 
 def few_shot(ds: Dataset, shots: int, seed: int, cache_dir: Optional[Path] = None) -> Dataset:
@@ -77,7 +79,7 @@ def few_shot(ds: Dataset, shots: int, seed: int, cache_dir: Optional[Path] = Non
     if shots is None or shots <= 0:
         return ds
     checksum = dataset_checksum(ds)
-    path = draw_path(cache_dir, ds, shots, seed) if cache_dir else None
+    path = draw_path(cache_dir, ds, shots, seed, checksum) if cache_dir else None
     draw = None
     if path is not None and path.exists():
         try:

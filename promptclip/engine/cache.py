@@ -1,7 +1,7 @@
 """Feature cache: frozen image features computed once and reused across seeds, shots and methods.
 
-Whatever does not prompt the image tower (zero-shot, CoOp, CoCoOp, the linear probe, DAPT's prototypes) sees the same
-image features for the same images, so they are stored under ``<output.cache_dir>/features/<key>.safetensors``. The
+Whatever does not prompt the image tower (zero-shot, CoOp, CoCoOp, KgCoOp, the linear probe, DAPT's prototypes,
+PromptSRC's frozen image term) sees the same image features for the same images, so they are stored under ``<output.cache_dir>/features/<key>.safetensors``. The
 key is a checksum of everything that produced them: the model (name, widths, weights: pretrained tag, checkpoint file
 size and mtime, or a hash of the parameters for random or hub weights), the transform signature, the precision, and
 every item's path, label, file size and mtime. A changed backbone, transform or image gives another key, so a stale
@@ -9,8 +9,7 @@ entry is never read.
 
 Only deterministic features are cached: the test transform; a training *view*, whose every crop and flip is seeded
 by (run seed, view, image path) (:class:`TrainingViews`: the key is the view, not the method, so every method that
-leaves the image tower alone shares it); or one seeded pass with the training transform where a single pass is the
-definition (DAPT's prototypes).
+reads the frozen tower on its training images shares it).
 """
 from __future__ import annotations
 
@@ -148,8 +147,9 @@ def feature_loader(features: torch.Tensor, labels: torch.Tensor, batch_size: int
 
 
 class TrainingViews:
-    """Frozen features of the training items' views, one view per epoch (``views`` > 0: ``epoch mod views``), for
-    methods that do not prompt the image tower. Without ``augment`` every view is the test-transform one.
+    """Frozen features of the training items' views, one view per epoch (``views`` > 0: ``epoch mod views``): the
+    inputs of methods that do not prompt the image tower, the frozen side of losses that compare with it (PromptSRC),
+    and view 0 for prototypes (DAPT). Without ``augment`` every view is the test-transform one.
 
     ``cache_dir`` None computes the same features without storing them. Features are encoded in item order in chunks
     of ``batch_size``; under DDP (``distributed``) the processes encode alternate chunks and share them.

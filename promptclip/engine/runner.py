@@ -296,16 +296,14 @@ def read_run_config(run_dir: Union[str, Path]) -> Config:
 
 def evaluation_config(base: Config, overrides: Sequence[str], run: str = "the run") -> Config:
     """A run's config with evaluation overrides; a training setting cannot change once the prompts exist."""
-    from ..config import from_dict, merge, parse_override, to_dict
+    from ..config import build_config, to_dict
 
-    data = to_dict(base)
     for text in overrides:
         key = text.split("=", 1)[0].strip()
-        if not any(key == k or key.startswith(k + ".") for k in runs.EVAL_SETTINGS):
+        if not runs.within(key, runs.EVAL_SETTINGS):
             raise ConfigError(f"{key} is a training setting of {run}; evaluation can change only "
                               f"{', '.join(runs.EVAL_SETTINGS)}. Train a new run for other settings.")
-        data = merge(data, parse_override(text))
-    return from_dict(Config, data)
+    return build_config((), overrides, base=to_dict(base))
 
 
 def evaluate_run(run_dir: Union[str, Path], overrides: Sequence[str] = (), progress: bool = True,

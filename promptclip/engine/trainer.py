@@ -256,9 +256,9 @@ def train(model: PromptedCLIP, items: List[Item], cfg: Config, device: torch.dev
                         out = forward(inputs, labels, frozen_image_features=frozen)
                     else:
                         out = forward(inputs, labels)
-                if not torch.isfinite(out.loss.detach()):
-                    raise _non_finite(f"The loss became {float(out.loss.detach())}", epoch, step, steps, saved, cfg,
-                                      precision)
+                loss_value = float(out.loss.detach())  # the step's one device sync, also the logged value
+                if not math.isfinite(loss_value):
+                    raise _non_finite(f"The loss became {loss_value}", epoch, step, steps, saved, cfg, precision)
                 loss = out.loss / accum
                 (scaler.scale(loss) if scaler is not None else loss).backward()
                 if (step + 1) % accum == 0 or step + 1 == steps:
@@ -268,7 +268,7 @@ def train(model: PromptedCLIP, items: List[Item], cfg: Config, device: torch.dev
                     else:
                         optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                for name, value in {"loss": out.loss.detach(), **out.terms}.items():
+                for name, value in {"loss": loss_value, **out.terms}.items():
                     totals[name] = totals.get(name, 0.0) + float(value) * len(labels)
                 correct += int((out.logits.argmax(-1) == labels).sum())
                 seen += len(labels)
