@@ -549,7 +549,7 @@ def _spec(protocol: Protocol, root: Path, name: str, dataset: DatasetEntry, poin
     if point:
         from ..engine.validation import validation_file
 
-        validation = validation_file(cfg, identity.fingerprint)
+        validation = validation_file(run_dir, cfg, identity.fingerprint)
     return RunSpec(str(run_dir.relative_to(root)), name, dataset.label, protocol.subsample, cfg.data.shots,
                    cfg.seed, cfg, run_dir, identity, _eval_specs(protocol, cfg, identity, dataset, where),
                    dict(point), validation)

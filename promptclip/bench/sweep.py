@@ -269,9 +269,9 @@ def read_spec(path: Path) -> Tuple[RunSpec, bool]:
     evaluations = [eval_spec(cfg, identity, runs.safe_component(e["dataset"], "evaluation dataset"),
                              e["subsample"], list(e["overrides"])) for e in data["evaluations"]]
     grid = dict(data.get("grid") or {})
+    validation = validation_file(run_dir, cfg, identity.fingerprint) if grid else None
     return RunSpec(data["id"], data["method"], data["dataset"], data["subsample"], data["shots"], data["seed"], cfg,
-                   run_dir, identity, evaluations, grid, validation_file(cfg, identity.fingerprint) if grid else None
-                   ), bool(data.get("replace", False))
+                   run_dir, identity, evaluations, grid, validation), bool(data.get("replace", False))
 
 
 def _run_parallel(todo: Sequence[RunSpec], gpus: int, keep_going: bool, bar: _Bar, outcome: SweepOutcome,

@@ -12,7 +12,7 @@ import logging.handlers
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import yaml
@@ -316,32 +316,52 @@ def evaluate_run(run_dir: Union[str, Path], overrides: Sequence[str] = (), progr
     name, e.g. to tell two image folders apart.
     """
     run_dir = Path(run_dir)
-    base = read_run_config(run_dir)
-    stored = runs.read_identity(run_dir)
-    result = runs.read_result(run_dir)
-    if stored is None or result is None:
-        raise PromptclipError(f"{run_dir} has not finished training (no {runs.RESULT if stored else runs.IDENTITY}): "
-                              f"run its train command first; it resumes where it stopped.")
+    base, stored = finished_run(run_dir)
     cfg = evaluation_config(base, overrides, str(run_dir))
     identity = runs.eval_identity(cfg, stored.fingerprint)
     out = runs.eval_file(run_dir, label or runs.dataset_label(cfg), cfg.data.subsample, identity)
+
+    def evaluate() -> dict:
+        dataset = prepare_data(cfg, shots=0, split_dir=run_dir)
+        metrics = evaluate_prompts(run_dir, cfg, dataset, "test", progress)
+        return {"run": str(run_dir), "method": cfg.method_name, "dataset": dataset.name,
+                "label": label or runs.dataset_label(cfg), "subsample": cfg.data.subsample, "seed": cfg.seed,
+                "fingerprint": identity.fingerprint, "settings": identity.settings, "test": metrics,
+                "finished_at": runs.now()}
+
+    return stored_evaluation(run_dir, out, "test", force, evaluate)
+
+
+def finished_run(run_dir: Path) -> Tuple[Config, runs.Identity]:
+    """A finished run's saved config and identity, or an error saying to finish it."""
+    base = read_run_config(run_dir)
+    stored = runs.read_identity(run_dir)
+    if stored is None or runs.read_result(run_dir) is None:
+        raise PromptclipError(f"{run_dir} has not finished training (no {runs.RESULT if stored else runs.IDENTITY}): "
+                              f"run its train command first; it resumes where it stopped.")
+    return base, stored
+
+
+def stored_evaluation(run_dir: Path, out: Path, metrics_key: str, force: bool, evaluate: Callable[[], dict]) -> dict:
+    """The evaluation stored in ``out`` (with ``"cached": true``) unless ``force`` or it is missing or damaged;
+    otherwise ``evaluate()``, run while holding the run's lock, written to ``out``."""
     try:
-        cached = runs.read_json(out, "an evaluation result", ("test",)) if not force else None
+        cached = runs.read_json(out, "an evaluation result", (metrics_key,)) if not force else None
     except runs.CorruptFile as err:
         log.warning("%s Evaluating again.", err)
         cached = None
     if cached is not None:
         return {**cached, "cached": True}
     with runs.RunLock(run_dir):
-        device = resolve_device(cfg.train.device)
-        precision = resolve_precision(cfg.train.precision, device)
-        model = load_prompts(run_dir, load_backbone(cfg, device), device)
-        dataset = prepare_data(cfg, shots=0, split_dir=run_dir)
-        model.set_classnames(dataset.classnames, dataset.template, dataset.name)
-        metrics = evaluate_model(model, dataset, cfg, device, precision, show_bars(progress))
-        evaluation = {"run": str(run_dir), "method": cfg.method_name, "dataset": dataset.name,
-                      "label": label or runs.dataset_label(cfg), "subsample": cfg.data.subsample, "seed": cfg.seed,
-                      "fingerprint": identity.fingerprint, "settings": identity.settings, "test": metrics,
-                      "finished_at": runs.now()}
+        evaluation = evaluate()
         atomic_write_json(out, evaluation)
     return evaluation
+
+
+def evaluate_prompts(run_dir: Path, cfg: Config, dataset: Dataset, split: str, progress: bool) -> Dict:
+    """Metrics of the run's saved prompts on ``dataset``'s ``split``, under ``cfg``'s model and precision."""
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    model = load_prompts(run_dir, load_backbone(cfg, device), device)
+    model.set_classnames(dataset.classnames, dataset.template, dataset.name)
+    return evaluate_model(model, dataset, cfg, device, precision, show_bars(progress), split=split)

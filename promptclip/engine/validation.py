@@ -15,11 +15,7 @@ from .. import runs
 from ..config import Config
 from ..data.base import Dataset
 from ..errors import ConfigError, PromptclipError
-from ..utils import atomic_write_json
-from .precision import resolve_device, resolve_precision
-from .prompts import load_prompts
-from .runner import evaluate_model, load_backbone, prepare_data, read_run_config
-from .trainer import show_bars
+from .runner import evaluate_prompts, finished_run, prepare_data, stored_evaluation
 
 #: the "dataset" part of a validation file's name (``evals/validation-all-1a2b3c4d.json``)
 LABEL = "validation"
@@ -31,10 +27,10 @@ def validation_identity(cfg: Config, run_fingerprint: str) -> runs.Identity:
     return runs.Identity(settings, runs.fingerprint(settings))
 
 
-def validation_file(cfg: Config, run_fingerprint: str) -> Path:
-    """Where the validation accuracy of the run ``cfg`` (with identity ``run_fingerprint``) is stored."""
-    return runs.eval_file(runs.default_run_dir(cfg), LABEL, cfg.data.subsample,
-                          validation_identity(cfg, run_fingerprint))
+def validation_file(run_dir: Union[str, Path], cfg: Config, run_fingerprint: str) -> Path:
+    """Where the validation accuracy of the run in ``run_dir`` (config ``cfg``, identity ``run_fingerprint``) is
+    stored."""
+    return runs.eval_file(run_dir, LABEL, cfg.data.subsample, validation_identity(cfg, run_fingerprint))
 
 
 def check_validation_split(dataset: Dataset) -> None:
@@ -60,33 +56,19 @@ def validate_run(run_dir: Union[str, Path], progress: bool = True, force: bool =
     """Evaluate a finished run's prompts on its validation split and store the metrics under ``"val"``; an existing
     result for the same settings is returned (with ``"cached": true``) unless ``force``."""
     run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
-    stored = runs.read_identity(run_dir)
-    if stored is None or runs.read_result(run_dir) is None:
-        raise PromptclipError(f"{run_dir} has not finished training: run its train command (or the bench command) "
-                              f"first; it resumes where it stopped.")
+    cfg, stored = finished_run(run_dir)
     identity = validation_identity(cfg, stored.fingerprint)
-    out = runs.eval_file(run_dir, LABEL, cfg.data.subsample, identity)
-    try:
-        cached = None if force else runs.read_json(out, "a validation result", ("val",))
-    except runs.CorruptFile:
-        cached = None  # damaged: evaluate again
-    if cached is not None:
-        return {**cached, "cached": True}
     if not (run_dir / runs.PROMPTS).is_file():
         raise PromptclipError(f"{run_dir} has no {runs.PROMPTS}: only prompt runs can be validated (a linear probe "
                               f"chooses its C on the validation split itself).")
-    with runs.RunLock(run_dir):
+
+    def validate() -> dict:
         dataset = prepare_data(cfg, split_dir=run_dir)
         check_validation_split(dataset)
-        device = resolve_device(cfg.train.device)
-        precision = resolve_precision(cfg.train.precision, device)
-        model = load_prompts(run_dir, load_backbone(cfg, device), device)
-        model.set_classnames(dataset.classnames, dataset.template, dataset.name)
-        metrics = evaluate_model(model, dataset, cfg, device, precision, show_bars(progress), split="val")
-        result = {"run": str(run_dir), "split": "val", "method": cfg.method_name, "dataset": dataset.name,
-                  "subsample": cfg.data.subsample, "shots": cfg.data.shots, "seed": cfg.seed,
-                  "num_images": len(dataset.val), "fingerprint": identity.fingerprint, "settings": identity.settings,
-                  "val": metrics, "finished_at": runs.now()}
-        atomic_write_json(out, result)
-    return result
+        metrics = evaluate_prompts(run_dir, cfg, dataset, "val", progress)
+        return {"run": str(run_dir), "split": "val", "method": cfg.method_name, "dataset": dataset.name,
+                "subsample": cfg.data.subsample, "shots": cfg.data.shots, "seed": cfg.seed,
+                "num_images": len(dataset.val), "fingerprint": identity.fingerprint, "settings": identity.settings,
+                "val": metrics, "finished_at": runs.now()}
+
+    return stored_evaluation(run_dir, validation_file(run_dir, cfg, stored.fingerprint), "val", force, validate)
