@@ -19,7 +19,7 @@ from .config import bounded
 from .errors import ConfigError
 from .learners.zeroshot import zeroshot_class_features
 from .registry import LOSSES
-from .templates import resolve_templates
+from .templates import TemplateChoice, check_templates, resolve_templates
 
 log = logging.getLogger("promptclip")
 
@@ -114,6 +114,41 @@ class ExtraLoss(nn.Module):
 
     def forward(self, output: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+
+@dataclass
+class AnchoredLossConfig(LossConfig):
+    #: the frozen class features' templates: a named set ("dataset", "ensemble", "imagenet80", "imagenet60") or a
+    #: list of templates with one "{}" each
+    templates: TemplateChoice = "dataset"
+    #: normalise each template's features before averaging them (CLIP's ensembling); false averages the raw ones
+    normalize_each_template: bool = True
+    #: the option's full name, for messages
+    templates_option: ClassVar[str] = "templates"
+
+    def __post_init__(self):
+        check_templates(self.templates, self.templates_option)
+
+
+class ZeroShotAnchoredLoss(ExtraLoss):
+    """A loss measured against frozen zero-shot class features (KgCoOp, PromptSRC), prepared once for the training
+    classes from ``cfg.templates``."""
+
+    Config: ClassVar[type] = AnchoredLossConfig
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.register_buffer("zeroshot", torch.empty(0), persistent=False)
+
+    def prepare(self, context: PrepareContext) -> None:
+        self.zeroshot = context.zeroshot_class_features(self.cfg.templates, self.cfg.normalize_each_template)
+
+    def anchors(self, text_features: torch.Tensor) -> torch.Tensor:
+        """The zero-shot class features ``[C, E]`` for class features ``text_features`` (``[..., C, E]``)."""
+        if self.zeroshot.numel() == 0 or self.zeroshot.shape[0] != text_features.shape[-2]:
+            raise ConfigError(f"{type(self).__name__} has no zero-shot class features for these classes: call "
+                              f"prepare(context) on the training classes before training (promptclip's engine does).")
+        return self.zeroshot.to(text_features.device)
 
 
 # ------------------------------------------------------------------------------------------------------------ DAPT

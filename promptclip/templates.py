@@ -1,7 +1,7 @@
 """Zero-shot prompt templates: each dataset's CoOp template and the ensembles used in the papers."""
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Literal, Sequence, Union
 
 from .errors import ConfigError
 
@@ -99,6 +99,17 @@ def coop_ensemble(dataset_template: str, dataset: str = "") -> List[str]:
     return list(COOP_ENSEMBLE) if dataset == "ImageNet" else COOP_ENSEMBLE + [dataset_template]
 
 
+#: a template choice: a named set (see :func:`resolve_templates`) or a list of templates with one "{}" each
+TemplateChoice = Union[Literal["dataset", "ensemble", "imagenet80", "imagenet60"], List[str]]
+
+
+def check_templates(templates, option: str) -> None:
+    """Refuse a list of templates that has one without exactly one "{}" for the class name (a named set passes)."""
+    bad = [t for t in templates if t.count("{}") != 1] if isinstance(templates, list) else []
+    if bad:
+        raise ConfigError(f"{option} need exactly one '{{}}' for the class name each: {bad[:3]}.")
+
+
 def resolve_templates(choice, dataset_template: str, dataset: str = "") -> List[str]:
     """``dataset`` → the dataset's own; ``ensemble`` → :func:`coop_ensemble` (``dataset`` is the canonical dataset
     name, which decides whether the dataset's template joins the 7); ``imagenet80``; ``imagenet60``; or a list."""
@@ -113,9 +124,7 @@ def resolve_templates(choice, dataset_template: str, dataset: str = "") -> List[
             return list(IMAGENET60)
         choice = [choice]
     templates = list(choice)
-    bad = [t for t in templates if t.count("{}") != 1]
-    if bad:
-        raise ConfigError(f"Templates need exactly one '{{}}' for the class name: {bad[:3]}.")
+    check_templates(templates, "Templates")
     return templates
 
 

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -256,3 +257,11 @@ def test_cached_frozen_features_are_those_of_the_very_images_of_the_step(digits_
     _gpa_run(digits_root, tmp_path, **{"data.augment": "true", "train.epochs": 2, "train.batch_size": 4,
                                        "train.max_steps_per_epoch": 3})
     assert len(checked) == 6 and max(checked) < 1e-5
+
+
+@pytest.mark.parametrize("preset, key", [("kgcoop", "losses.kgcoop.templates"),
+                                         ("promptsrc", "losses.promptsrc.templates")])
+def test_template_lists_of_the_losses_are_checked_with_the_config(preset, key):
+    with pytest.raises(ConfigError, match=re.escape(f"{key} need exactly one '{{}}'")):
+        build_config([preset], [f"{key}=[a photo]"])
+    assert build_config([preset], [f"{key}=['a photo of {{}}.']"]).losses[preset].templates == ["a photo of {}."]

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import ClassVar, List, Literal, Union
+from typing import ClassVar, List
 
 import torch
 
 from ..backbone import normalize
-from ..errors import ConfigError
-from ..templates import fill, resolve_templates
+from ..templates import TemplateChoice, check_templates, fill, resolve_templates
 from .base import LEARNERS, Learner, LearnerConfig
 
 
@@ -38,12 +37,10 @@ class ZeroShotConfig(LearnerConfig):
     name: str = "zeroshot"
     #: "dataset" (the dataset's template), "ensemble" (CoOp's 7 + the dataset's; on ImageNet the 7 alone, as in
     #: CoOp), "imagenet80", "imagenet60", or a list of templates with one "{}" each
-    templates: Union[Literal["dataset", "ensemble", "imagenet80", "imagenet60"], List[str]] = "dataset"
+    templates: TemplateChoice = "dataset"
 
     def __post_init__(self):
-        bad = [t for t in self.templates if t.count("{}") != 1] if isinstance(self.templates, list) else []
-        if bad:
-            raise ConfigError(f"text.templates need exactly one '{{}}' for the class name each: {bad[:3]}.")
+        check_templates(self.templates, "text.templates")
 
 
 @LEARNERS.register("zeroshot")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Literal, Union
+from typing import ClassVar, Dict
 
 import torch
 import torch.nn.functional as F
@@ -26,45 +26,36 @@ import torch.nn.functional as F
 from ..callbacks import Callback, CallbackConfig
 from ..config import bounded
 from ..errors import ConfigError
-from ..losses import ExtraLoss, LossConfig, ModelOutput, PrepareContext
+from ..losses import AnchoredLossConfig, ModelOutput, PrepareContext, ZeroShotAnchoredLoss
 from ..registry import CALLBACKS, LOSSES
+from ..templates import TemplateChoice
 
 
 @dataclass
-class PromptSRCConfig(LossConfig):
+class PromptSRCConfig(AnchoredLossConfig):
     weight: float = bounded(1.0, ge=0)  # scales the three terms together
     text_weight: float = bounded(25.0, ge=0)  # TEXT_LOSS_WEIGHT
     image_weight: float = bounded(10.0, ge=0)  # IMAGE_LOSS_WEIGHT
     logits_weight: float = bounded(1.0, ge=0)  # the reference's fixed weight of the KL term
     temperature: float = bounded(1.0, gt=0)
-    #: the frozen class features' templates: "imagenet60" (the reference, for every dataset), another choice of the
-    #: zeroshot learner, or a list
-    templates: Union[Literal["imagenet60", "dataset", "ensemble", "imagenet80"], List[str]] = "imagenet60"
-    #: the reference averages the raw per-template features; CLIP's own ensembling normalises each one first
+    #: the reference: the 60 ImageNet templates for every dataset, their raw features averaged (CLIP's own
+    #: ensembling normalises each one first)
+    templates: TemplateChoice = "imagenet60"
     normalize_each_template: bool = False
+    templates_option: ClassVar[str] = "losses.promptsrc.templates"
 
 
 @LOSSES.register("promptsrc")
-class SelfRegulation(ExtraLoss):
+class SelfRegulation(ZeroShotAnchoredLoss):
     """PromptSRC's mutual-agreement terms; the frozen image features come from :class:`ModelOutput` (once per batch)."""
 
     Config = PromptSRCConfig
     uses_frozen_image_features = True
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.register_buffer("zeroshot", torch.empty(0), persistent=False)
-
-    def prepare(self, context: PrepareContext) -> None:
-        self.zeroshot = context.zeroshot_class_features(self.cfg.templates, self.cfg.normalize_each_template)
-
     def forward(self, output: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
         text = output.text_features.float()
-        if self.zeroshot.numel() == 0 or self.zeroshot.shape[0] != text.shape[-2]:
-            raise ConfigError("The promptsrc loss has no frozen class features for these classes: call "
-                              "prepare(context) on the training classes before training (promptclip's engine does).")
         cfg = self.cfg
-        zeroshot = self.zeroshot.to(text.device)
+        zeroshot = self.anchors(text)
         text_term = F.l1_loss(text, zeroshot.expand_as(text))
         image = output.image_features.float()
         image_term = F.l1_loss(image, output.frozen_image_features.float())
