@@ -55,6 +55,10 @@ class LoadedRun:
     def predict(self, paths: Sequence[Union[str, Path]], topk: int = 5, batch_size: int = 32) -> List[dict]:
         """``[{"path", "top": [(classname, probability), ...]}]`` for each image file, best first."""
         check_images(paths)
+        return self._classify(paths, topk, batch_size)
+
+    def _classify(self, paths: Sequence[Union[str, Path]], topk: int, batch_size: int) -> List[dict]:
+        """:meth:`predict` for images already checked."""
         k = min(topk, len(self.classnames))
         out = []
         for start in range(0, len(paths), batch_size):
@@ -76,4 +80,4 @@ def predict(run_dir: Union[str, Path], paths: Sequence[Union[str, Path]], topk: 
     """``[{"path", "top": [(classname, probability), ...]}]`` for each image, best first."""
     read_meta(run_dir)  # the run first, then the images: both before any model loads
     check_images(paths)
-    return load_run(run_dir, device).predict(paths, topk, batch_size)
+    return load_run(run_dir, device)._classify(paths, topk, batch_size)
