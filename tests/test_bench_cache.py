@@ -1,4 +1,6 @@
 """The feature cache (equal to fresh features, reused, invalidated) and the linear probe that uses it."""
+import json
+import logging
 import os
 
 import pytest
@@ -85,6 +87,28 @@ def test_cache_is_invalidated_by_backbone_transform_and_images(folder, tmp_path,
     features(backbone, items, tmp_path)
     assert len(counted) == 5
     assert len(list((tmp_path / "cache" / "features").glob("*.safetensors"))) == 5
+
+
+def test_damaged_cache_contents_are_recomputed_with_a_warning(folder, tmp_path, counted, caplog):
+    """Zeroed bytes inside a cached matrix (header and labels intact) are caught by the stored checksum."""
+    items = prepare_data(config(folder, tmp_path)).test
+    backbone = FrozenCLIP.load("tiny-vit")
+    good, _ = features(backbone, items, tmp_path)
+    (path,) = (tmp_path / "cache" / "features").glob("*.safetensors")
+    data = bytearray(path.read_bytes())
+    size = int.from_bytes(data[:8], "little")
+    start, _ = json.loads(data[8:8 + size])["features"]["data_offsets"]
+    data[8 + size + start:8 + size + start + 64] = bytes(64)  # the first rows of the features, labels untouched
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="promptclip"):
+        again, _ = features(backbone, items, tmp_path)
+    assert len(counted) == 2  # recomputed, not read
+    assert torch.equal(again, good)
+    assert [r.getMessage() for r in caplog.records if "checksum" in r.getMessage()] == \
+        [f"Feature cache file {path} does not match the checksum stored with it (damaged on disk); computing the "
+         f"features again."]
+    features(backbone, items, tmp_path)
+    assert len(counted) == 2  # the recomputed entry was stored again, sound
 
 
 def test_evaluation_through_the_cache_equals_the_image_path(folder, tmp_path):

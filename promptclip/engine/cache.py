@@ -5,7 +5,8 @@ PromptSRC's frozen image term) sees the same image features for the same images,
 key is a checksum of everything that produced them: the model (name, widths, weights: pretrained tag, checkpoint file
 size and mtime, or a hash of the parameters for random or hub weights), the transform signature, the precision, and
 every item's path, label, file size and mtime. A changed backbone, transform or image gives another key, so a stale
-entry is never read.
+entry is never read. Each entry also stores a SHA-256 of its tensors' bytes, checked on every read (hashing is cheap
+beside the tower): a file damaged on disk with its header intact is recomputed, with a warning, never used.
 
 Only deterministic features are cached: the test transform; a training *view*, whose every crop and flip is seeded
 by (run seed, view, image path) (:class:`TrainingViews`: the key is the view, not the method, so every method that
@@ -34,7 +35,7 @@ from ..utils import atomic_write_bytes
 from .precision import autocast
 
 log = logging.getLogger("promptclip")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: entries carry a checksum of their contents
 VIEW_RULE = 1  # how a view seeds its items (data.loaders.view_seeds); part of a view's key
 Features = Tuple[torch.Tensor, torch.Tensor]  # ([N, E] normalised float32 features, [N] labels), item order
 
@@ -57,6 +58,14 @@ def weights_id(backbone: FrozenCLIP) -> str:
             h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         _parameter_digests[backbone] = "sha256:" + h.hexdigest()
     return _parameter_digests[backbone]
+
+
+def content_checksum(features: torch.Tensor, labels: torch.Tensor) -> str:
+    """SHA-256 of the stored tensors' bytes (float32 features, int64 labels), stored with an entry, checked on read."""
+    h = hashlib.sha256()
+    for tensor in (features, labels):
+        h.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def feature_key(backbone: FrozenCLIP, items: Sequence[Item], transform: str, precision: str) -> str:
@@ -87,7 +96,8 @@ class FeatureCache:
             return None
         try:
             with safe_open(str(path), framework="pt") as f:
-                if (f.metadata() or {}).get("key") != key:
+                metadata = f.metadata() or {}
+                if metadata.get("key") != key:
                     return None
                 features, labels = f.get_tensor("features"), f.get_tensor("labels")
         except (SafetensorError, OSError) as err:
@@ -98,11 +108,17 @@ class FeatureCache:
             return None
         if len(labels) != len(items) or labels.tolist() != [i.label for i in items]:
             return None
+        if features.dtype != torch.float32 or labels.dtype != torch.int64 \
+                or metadata.get("checksum") != content_checksum(features, labels):
+            log.warning("Feature cache file %s does not match the checksum stored with it (damaged on disk); "
+                        "computing the features again.", path)
+            return None
         return features, labels
 
     def save(self, key: str, features: torch.Tensor, labels: torch.Tensor, note: str) -> None:
-        data = save_safetensors({"features": features.float().cpu().contiguous(), "labels": labels.long().cpu()},
-                                metadata={"key": key, "note": note})
+        features, labels = features.float().cpu().contiguous(), labels.long().cpu().contiguous()
+        data = save_safetensors({"features": features, "labels": labels},
+                                metadata={"key": key, "note": note, "checksum": content_checksum(features, labels)})
         atomic_write_bytes(self.path(key), data)
 
     def get(self, key: str, items: Sequence[Item], compute: Callable[[], Features], note: str = "") -> Features:
