@@ -2,7 +2,9 @@
 
 - CoOp's zero-shot ensemble leaves the dataset's own template out on ImageNet (trainers/zsclip.py, ZeroshotCLIP2);
 - MaPLe's couplings of layers 1..J−1 start as copies of one Linear (trainers/maple.py, _get_clones);
-- VPT/DAPT prompt dropout draws a mask per image (mlvlab/DAPT trainers/dapt.py, PromptLearner.forward_vis).
+- VPT/DAPT prompt dropout draws a mask per image (mlvlab/DAPT trainers/dapt.py, PromptLearner.forward_vis);
+- KgCoOp anchors to its own per-dataset templates (htyao89/KgCoOp trainers/kgcoop.py, CUSTOM_TEMPLATES), which differ
+  from CoOp's on DescribableTextures.
 
 Each is checked against a computation that does not go through the code under test.
 """
@@ -10,11 +12,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fake_datasets import make_fake_dataset
+
 from promptclip.backbone import FrozenCLIP, VisionPrompts
+from promptclip.config import build_config
+from promptclip.data import load_dataset
 from promptclip.errors import BackboneError, ConfigError
+from promptclip.losses import LOSSES, PrepareContext
 from promptclip.learners.maple import MaPLe, MaPLeConfig
 from promptclip.learners.vpt import VPT, VPTConfig, fourier_prompts
 from promptclip.learners.zeroshot import ZeroShot, ZeroShotConfig
+from promptclip.methods.kgcoop import KGCOOP_TEMPLATES
 from promptclip.model import PromptedCLIP
 from promptclip.templates import resolve_templates
 
@@ -174,3 +182,64 @@ def test_per_image_tokens_must_match_the_batch(tiny):
     tokens = torch.zeros(3, 2, tiny.vision_width)
     with pytest.raises(BackboneError, match="hold 3 images, but the batch has 2"):
         tiny.encode_image(images_for(tiny, 2), VisionPrompts({0: tokens}))
+
+
+# ------------------------------------------------------------------------------------------- KgCoOp's templates
+#: htyao89/KgCoOp trainers/kgcoop.py CUSTOM_TEMPLATES (lines 37–54), written out here after reading it
+KGCOOP_REFERENCE = {
+    "OxfordPets": "a photo of a {}, a type of pet.",
+    "OxfordFlowers": "a photo of a {}, a type of flower.",
+    "FGVCAircraft": "a photo of a {}, a type of aircraft.",
+    "DescribableTextures": "a photo of a {}, a type of texture.",
+    "EuroSAT": "a centered satellite photo of {}.",
+    "StanfordCars": "a photo of a {}.",
+    "Food101": "a photo of {}, a type of food.",
+    "SUN397": "a photo of a {}.",
+    "Caltech101": "a photo of a {}.",
+    "UCF101": "a photo of a person doing {}.",
+    "ImageNet": "a photo of a {}.",
+    "ImageNetSketch": "a photo of a {}.",
+    "ImageNetV2": "a photo of a {}.",
+    "ImageNetA": "a photo of a {}.",
+    "ImageNetR": "a photo of a {}.",
+}
+
+
+def test_kgcoop_table_is_the_references_for_all_15_datasets():
+    from promptclip.data.benchmarks import BENCHMARKS
+
+    assert KGCOOP_TEMPLATES == KGCOOP_REFERENCE
+    assert set(KGCOOP_TEMPLATES) == set(BENCHMARKS)  # keyed by our canonical names, so every benchmark finds its own
+    differ = {n for n, b in BENCHMARKS.items() if b.template != KGCOOP_TEMPLATES[n]}
+    assert differ == {"DescribableTextures"}  # the one place where KgCoOp's table is not CoOp's
+
+
+def kgcoop_anchors(tiny, ds, *overrides):
+    cfg = build_config(["kgcoop"], list(overrides))
+    loss = LOSSES.get("kgcoop")(cfg.losses["kgcoop"])
+    loss.prepare(PrepareContext(tiny, ds.classnames, ds.template, ds.name, torch.device("cpu"), 1, lambda: None))
+    return loss.zeroshot
+
+
+def test_kgcoop_preset_anchors_dtd_to_kgcoops_template(tiny, tmp_path):
+    make_fake_dataset("DescribableTextures", tmp_path, n_per_class=2)
+    ds = load_dataset("dtd", tmp_path)
+    assert ds.template == "{} texture."  # CoOp's, which zero-shot CLIP and CoOp keep using
+    with torch.no_grad():
+        expected = open_clip_ensemble(tiny, ds.classnames, ["a photo of a {}, a type of texture."])
+        coop = open_clip_ensemble(tiny, ds.classnames, ["{} texture."])
+        anchors = kgcoop_anchors(tiny, ds)
+        torch.testing.assert_close(anchors, expected, atol=1e-5, rtol=1e-5)
+        assert (anchors - coop).abs().max() > 1e-3
+        # an explicit choice still wins over the table
+        torch.testing.assert_close(kgcoop_anchors(tiny, ds, "losses.kgcoop.templates=['{} texture.']"), coop,
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_kgcoop_anchors_a_dataset_outside_its_table_to_the_datasets_template(tiny):
+    template = "a photo of a {}, a machine part."
+    loss = LOSSES.get("kgcoop")(build_config(["kgcoop"]).losses["kgcoop"])
+    loss.prepare(PrepareContext(tiny, CLASSES, template, "parts", torch.device("cpu"), 1, lambda: None))
+    with torch.no_grad():
+        torch.testing.assert_close(loss.zeroshot, open_clip_ensemble(tiny, CLASSES, [template]), atol=1e-5,
+                                   rtol=1e-5)

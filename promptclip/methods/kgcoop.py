@@ -7,19 +7,40 @@ per image and averaged over the batch too.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Dict
 
 import torch
 import torch.nn.functional as F
 
 from ..config import bounded
-from ..losses import AnchoredLossConfig, ModelOutput, ZeroShotAnchoredLoss
+from ..losses import AnchoredLossConfig, ModelOutput, PrepareContext, ZeroShotAnchoredLoss
 from ..registry import LOSSES
+
+#: KgCoOp's own per-dataset templates (htyao89/KgCoOp, trainers/kgcoop.py ``CUSTOM_TEMPLATES``). They are CoOp's
+#: but for DescribableTextures, where CoOp has "{} texture.".
+KGCOOP_TEMPLATES: Dict[str, str] = {
+    "OxfordPets": "a photo of a {}, a type of pet.",
+    "OxfordFlowers": "a photo of a {}, a type of flower.",
+    "FGVCAircraft": "a photo of a {}, a type of aircraft.",
+    "DescribableTextures": "a photo of a {}, a type of texture.",
+    "EuroSAT": "a centered satellite photo of {}.",
+    "StanfordCars": "a photo of a {}.",
+    "Food101": "a photo of {}, a type of food.",
+    "SUN397": "a photo of a {}.",
+    "Caltech101": "a photo of a {}.",
+    "UCF101": "a photo of a person doing {}.",
+    "ImageNet": "a photo of a {}.",
+    "ImageNetSketch": "a photo of a {}.",
+    "ImageNetV2": "a photo of a {}.",
+    "ImageNetA": "a photo of a {}.",
+    "ImageNetR": "a photo of a {}.",
+}
 
 
 @dataclass
 class KgCoOpConfig(AnchoredLossConfig):
-    """λ and the zero-shot templates (the reference: the dataset's own, ``templates: dataset``, the default)."""
+    """λ and the zero-shot templates: ``templates: dataset`` (the default, as in the reference) is the dataset's
+    template in KgCoOp's table (:data:`KGCOOP_TEMPLATES`), or the dataset's own for a dataset outside it."""
 
     weight: float = bounded(8.0, ge=0)  # λ (8.0 in the reference's trainer)
     templates_option: ClassVar[str] = "losses.kgcoop.templates"
@@ -30,6 +51,12 @@ class KnowledgeGuidance(ZeroShotAnchoredLoss):
     """``1 − mean cos(prompted class features, zero-shot class features)``."""
 
     Config = KgCoOpConfig
+
+    def prepare(self, context: PrepareContext) -> None:
+        templates = self.cfg.templates
+        if templates == "dataset":
+            templates = [KGCOOP_TEMPLATES.get(context.dataset, context.template)]
+        self.zeroshot = context.zeroshot_class_features(templates, self.cfg.normalize_each_template)
 
     def forward(self, output: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
         text = output.text_features.float()
