@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Union, get_args
 import yaml
 
 from .errors import ConfigError, UnregisteredInConfig
-from .registry import CALLBACKS, LEARNERS, LOSSES, suggest
+from .registry import CALLBACKS, DATASETS, LEARNERS, LOSSES, reader_options, refuse_unknown_options, suggest
 
 #: the presets shipped with promptclip: inside the package when installed from a wheel (setup.cfg maps the
 #: repository's configs/ there), the repository's configs/ in a source checkout
@@ -76,9 +76,17 @@ class DataConfig:
     subsample: Literal["all", "base", "new"] = "all"
     #: augment training images (RandomResizedCrop + flip, CLIP's recipe); false trains on the test transform
     augment: bool = True
-    #: reader options (e.g. template for imagefolder)
+    #: reader options (e.g. template for imagefolder); keys the reader does not take are errors
     options: Dict[str, Any] = field(default_factory=dict)
     num_workers: int = bounded(0, ge=0)
+
+    def __post_init__(self):
+        """Refuse unknown reader options now, before anything runs (a dataset name nothing registered, or a YAML
+        description, is checked when the dataset is read)."""
+        if self.options and self.name in DATASETS:
+            known = reader_options(DATASETS.get(self.name))
+            if known is not None:
+                refuse_unknown_options(self.options, known, f"data.options of dataset {self.name!r}")
 
 
 @dataclass

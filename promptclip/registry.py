@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from typing import Callable, Dict, Generic, Iterable, TypeVar
+import inspect
+from typing import Callable, Dict, Generic, Iterable, List, Optional, Sequence, Type, TypeVar
 
-from .errors import UnknownNameError
+from .errors import ConfigError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -19,6 +20,25 @@ def suggest(name: str, choices: Iterable[str]) -> str:
     """A ' Did you mean ...?' hint for a misspelt name, or ''."""
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
     return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def reader_options(reader: Callable) -> Optional[List[str]]:
+    """The options a dataset reader takes: its parameters after ``root``, but ``split_dir`` (which the engine sets,
+    not the user); None when it takes any (``**options``, as a plugin's reader may)."""
+    params = list(inspect.signature(reader).parameters.values())[1:]
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.name != "split_dir"]
+
+
+def refuse_unknown_options(options: Iterable[str], known: Sequence[str], where: str,
+                           error: Type[Exception] = ConfigError) -> None:
+    """Raise ``error`` for the first option not in ``known``, naming the nearest known one: a misspelt option would
+    otherwise be dropped without a word (``templat`` leaving the default template)."""
+    for key in options:
+        if key not in known:
+            raise error(f"Unknown option {key!r} in {where}.{suggest(str(key), known)} "
+                        f"Valid options: {', '.join(known) or 'none'}.")
 
 
 class Registry(Generic[T]):

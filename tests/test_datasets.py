@@ -11,7 +11,7 @@ from fake_datasets import (EXPECTED, IMAGENET, IMAGENET_A, IMAGENET_R, IMAGENETV
 from promptclip.data import DATASETS, few_shot, load_dataset, prompt_classname, subsample_classes
 from promptclip.data.benchmarks import BENCHMARKS
 from promptclip.data.fewshot import draw_path
-from promptclip.errors import DataError
+from promptclip.errors import ConfigError, DataError
 
 N = 10  # images per class in the fakes
 NAMES = list(EXPECTED)
@@ -178,9 +178,13 @@ def test_missing_split_is_generated_into_split_dir(tmp_path, name):
 
 def test_generated_split_depends_on_split_seed_only(tmp_path):
     make_fake_dataset("DescribableTextures", tmp_path, n_per_class=N, with_split=False)
-    one = load_dataset("dtd", tmp_path, split_seed=1, seed=5)
-    assert load_dataset("dtd", tmp_path, split_seed=1, seed=6).train == one.train
+    one = load_dataset("dtd", tmp_path, split_seed=1)
+    assert load_dataset("dtd", tmp_path).train == one.train  # split_seed defaults to 1
     assert load_dataset("dtd", tmp_path, split_seed=2).train != one.train
+    # a run's seed is no reader option: it never reaches the split
+    with pytest.raises(ConfigError, match=r"Unknown option 'seed' in data.options of dataset 'dtd'\. Did you mean "
+                                          r"'split_seed'\?"):
+        load_dataset("dtd", tmp_path, seed=5)
     assert any("not saved" in n for n in one.notes)
     assert not list(tmp_path.rglob("split_zhou*"))
 

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from ..errors import DataError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+#: what counts as an image (by extension, any case): torchvision's ``IMG_EXTENSIONS``, so a folder gives the
+#: images torchvision's ImageFolder finds
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)
@@ -90,13 +93,56 @@ def not_a_folder(path: Path) -> Optional[str]:
     return "is a file, but a folder is expected" if Path(path).exists() else "does not exist"
 
 
-def list_images(folder: Path) -> List[Path]:
-    """Image files directly inside ``folder``, sorted by name; hidden files are skipped.
+@dataclass
+class FolderImages:
+    """What :func:`walk_images` found under one folder."""
 
-    ``os.scandir`` reads the file type from the directory listing, so a folder of a million images costs no stat
-    per file (which matters on network file systems).
+    paths: List[Path]  # the images, in torchvision's order: sorted folders, each folder's files sorted by name
+    nested: int = 0  # how many of them lie in sub-folders
+    repeated: List[Path] = field(default_factory=list)  # linked folders skipped: their target was already walked
+    others: List[Path] = field(default_factory=list)  # files skipped because their extension is not an image's
+
+
+def walk_images(folder: Path) -> FolderImages:
+    """The images at any depth under ``folder``, as torchvision's ImageFolder finds them (``os.walk`` following
+    symbolic links, :data:`IMAGE_EXTENSIONS` in any case); hidden files and folders are skipped.
+
+    A linked folder whose target was already walked (a link back up the tree, or a second link to the same folder)
+    is skipped and listed in ``repeated``, so a symlink loop ends instead of walking forever. ``os.walk`` reads the
+    file types from the directory listings, so a folder of a million images costs no stat per file.
     """
-    with os.scandir(folder) as entries:
-        names = [e.name for e in entries if not e.name.startswith(".") and e.is_file()
-                 and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS]
-    return [Path(folder) / n for n in sorted(names)]
+    folder = Path(folder)
+    seen = set()
+    found = []
+    result = FolderImages([])
+
+    def unreadable(err: OSError) -> None:
+        raise DataError(f"Cannot read the folder {err.filename}: {err.strerror}. Make it readable, or move it out "
+                        f"of {folder}.")
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            result.repeated.append(Path(dirpath))
+            dirnames.clear()
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        names = sorted(n for n in filenames if not n.startswith("."))
+        is_image = {n: os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS for n in names}
+        result.others += [Path(dirpath) / n for n in names if not is_image[n]]
+        found.append((dirpath, [n for n in names if is_image[n]]))
+    for dirpath, images in sorted(found):
+        result.paths += [Path(dirpath) / n for n in images]
+        if Path(dirpath) != folder:
+            result.nested += len(images)
+    return result
+
+
+def split_dir_option(reader: Callable, split_dir: Optional[Path]) -> dict:
+    """``{"split_dir": split_dir}`` for a reader that takes it (by name or in ``**options``), else ``{}``."""
+    params = inspect.signature(reader).parameters
+    takes = "split_dir" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return {"split_dir": split_dir} if takes else {}
+
+

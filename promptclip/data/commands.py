@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..config import merge, parse_override
 from ..errors import PromptclipError
 from .check import check_datasets, dataset_stats, format_reports, format_stats
 
@@ -25,7 +26,10 @@ def run_check(args: argparse.Namespace) -> int:
 def run_stats(args: argparse.Namespace) -> int:
     """Print classes and per-split counts of one dataset; 1 when it cannot be read."""
     try:
-        stats = dataset_stats(args.name, args.root)
+        options = {}
+        for text in args.overrides:
+            options = merge(options, parse_override(text))
+        stats = dataset_stats(args.name, args.root, **options)
     except PromptclipError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -57,6 +61,8 @@ def add_data_commands(subparsers) -> argparse.ArgumentParser:
         "stats", help="show the classes and per-split image counts of a dataset",
         description="Load one dataset and print its class names, template and train/val/test counts.")
     stats.add_argument("name", help="dataset name (e.g. DescribableTextures, dtd) or a custom dataset's YAML file")
+    stats.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="reader options, as in data.options (e.g. classnames=names.yaml for imagefolder)")
     stats.add_argument("--root", required=True, help="the data root that holds the dataset folders")
     stats.add_argument("--classes", action="store_true", help="list every class name, not just the first ten")
     stats.set_defaults(func=run_stats)

@@ -13,8 +13,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import yaml
 
 from ..errors import DataError
-from ..registry import DATASETS
-from .base import Dataset, Item, not_a_folder
+from ..registry import DATASETS, reader_options, refuse_unknown_options
+from .base import Dataset, Item, not_a_folder, split_dir_option
 from .splits import Splits, check_labels, require_files
 
 GUIDE = "datasets/DATASETS.md"
@@ -76,16 +76,24 @@ def read_list_file(path: Path) -> List[Row]:
 
 
 def read_classnames(spec: Union[str, Path, Sequence[str]], base: Path) -> List[str]:
-    """Class names given as a list, a JSON list file or a text file with one name per line (line i = class i)."""
+    """Class names in label order given as a list, a JSON or YAML list file, or a text file with one name per line
+    (line i = class i)."""
     if isinstance(spec, (list, tuple)):
         return [str(n) for n in spec]
+    if not isinstance(spec, (str, Path)):
+        raise DataError(f"A list-file dataset's classnames must be a list of names in label order or a file of "
+                        f"them, not {type(spec).__name__} (a mapping {{folder: name}} renames imagefolder's "
+                        f"classes; here write the names as labels, or list them in label order).")
     path = _resolve(base, spec)
     if not path.is_file():
         raise DataError(f"Class-name file {path} {_not_a_file(path)}.")
-    if path.suffix.lower() == ".json":
-        names = json.loads(path.read_text())
+    if path.suffix.lower() in (".json", ".yaml", ".yml"):
+        try:
+            names = json.loads(path.read_text()) if path.suffix.lower() == ".json" else yaml.safe_load(path.read_text())
+        except (ValueError, yaml.YAMLError) as e:
+            raise DataError(f"Class-name file {path} cannot be read: {e}") from None
         if not isinstance(names, list):
-            raise DataError(f"Class-name file {path} must hold a JSON list of names.")
+            raise DataError(f"Class-name file {path} must hold a list of names in label order.")
         return [str(n) for n in names]
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
@@ -111,10 +119,9 @@ def label_rows(rows: Dict[str, List[Row]], classnames: Optional[List[str]], base
 
 
 @DATASETS.register("listfile")
-def list_file_dataset(root: Path, split_dir: Optional[Path] = None, train: Optional[str] = None,
-                      val: Optional[str] = None, test: Optional[str] = None,
+def list_file_dataset(root: Path, train: Optional[str] = None, val: Optional[str] = None, test: Optional[str] = None,
                       classnames: Union[None, str, Sequence[str]] = None, template: str = "a photo of a {}.",
-                      name: Optional[str] = None, check_files: bool = True, **_) -> Dataset:
+                      name: Optional[str] = None, check_files: bool = True) -> Dataset:
     """Splits from list files (``train``, ``val``, ``test``); list files, class-name file and image paths are
     relative to ``root``, the dataset folder. Without a test list the val list is used for testing."""
     root = Path(root).expanduser()
@@ -140,13 +147,14 @@ def list_file_dataset(root: Path, split_dir: Optional[Path] = None, train: Optio
                    test=splits["test"], root=root, template=template, notes=notes)
 
 
-def load_yaml_dataset(path: Path, root, **options) -> Dataset:
+def load_yaml_dataset(path: Path, root, split_dir: Optional[Path] = None, **options) -> Dataset:
     """The dataset a YAML file describes.
 
     Keys: ``reader`` (a registered reader, default ``listfile``), ``name`` (default: the file's stem), ``root``
     (the folder given to the reader: relative to the data root, or to the YAML file's folder when no data root
     is set; default: the data root), ``template``/``templates``, and any option of the reader (``train``,
-    ``classnames`` …). Options passed here override the file's.
+    ``classnames`` …). Options passed here override the file's; unknown keys, in the file or here, are errors.
+    ``split_dir`` reaches a reader that takes it.
     """
     if not path.is_file():
         raise DataError(f"Dataset description {path} {_not_a_file(path)}.")
@@ -157,10 +165,16 @@ def load_yaml_dataset(path: Path, root, **options) -> Dataset:
     if not isinstance(spec, dict):
         raise DataError(f"Dataset description {path} must be a mapping with keys such as reader, train, test "
                         f"(see {GUIDE}).")
+    reader = DATASETS.get({**spec, **options}.get("reader", "listfile"))
+    known = reader_options(reader)
+    if known is not None:
+        known = list(dict.fromkeys(["reader", "name", "root", "template", "templates", *known]))
+        refuse_unknown_options(spec, known, f"the dataset description {path}", DataError)
+        refuse_unknown_options(options, known, f"data.options of the dataset described in {path}")
     spec = {**spec, **options}
-    reader = DATASETS.get(spec.pop("reader", "listfile"))
+    spec.pop("reader", None)
     name = spec.pop("name", path.stem)
     looks = {k: spec.pop(k) for k in ("template", "templates") if k in spec}
     base = Path(root).expanduser() if root is not None else path.parent
     folder = _resolve(base, spec.pop("root", "."))
-    return reader(folder, **spec).replace(name=name, **looks)
+    return reader(folder, **split_dir_option(reader, split_dir), **spec).replace(name=name, **looks)
