@@ -6,6 +6,9 @@ import pytest
 from promptclip.bench.published import AVERAGE, ELEVEN, METHODS, NUMBERS, SHIFTS, lookup
 from promptclip.config import load_yaml
 
+#: the methods whose per-dataset base-to-new rows were confirmed against the PromptKD (and ATPrompt) table images
+CONFIRMED_B2N = ["CoCoOp", "CoOp", "MaPLe", "PromptSRC", "zero-shot CLIP"]
+
 #: a value rounded to 2 decimals is off by ≤ 0.005; a quantity derived from two rounded values by ≤ 0.01
 ROUNDING = 0.01
 
@@ -69,9 +72,57 @@ def test_lookup_finds_the_new_methods_with_their_status():
     kgcoop = lookup("base_to_new", "kgcoop", AVERAGE, "H", "ViT-B-16", "openai")
     assert (kgcoop.value, kgcoop.status) == (77.00, "published")
     dtd = lookup("base_to_new", "promptsrc", "DescribableTextures", "new", "ViT-B-16-quickgelu", "openai")
-    assert (dtd.value, dtd.status) == (62.97, "published (as recalled)")
+    assert (dtd.value, dtd.status) == (62.97, "published")
+    kgcoop_dtd = lookup("base_to_new", "kgcoop", "DescribableTextures", "new", "ViT-B-16", "openai")
+    assert (kgcoop_dtd.value, kgcoop_dtd.status, kgcoop_dtd.source) == (54.99, "published (as recalled)", "")
     assert lookup("base_to_new", "promptsrc", AVERAGE, "H", "ViT-B-16", "laion2b_s34b_b88k") is None
     few_shot = lookup("few_shot", "promptsrc", AVERAGE, "accuracy", "ViT-B-16", "openai", shots=16)
     assert (few_shot.value, few_shot.status) == (82.87, "published (as recalled)")
     assert lookup("few_shot", "promptsrc", AVERAGE, "accuracy", "ViT-B-16", "openai", shots=4) is None
     assert lookup("cross_dataset", "kgcoop", AVERAGE, "accuracy", "ViT-B-16", "openai") is None
+
+
+def _b2n(method: str, dataset: str):
+    return [n for n in NUMBERS if (n.protocol, n.method, n.dataset) == ("base_to_new", method, dataset)]
+
+
+def test_every_base_to_new_method_has_the_eleven_datasets_and_the_average():
+    methods = {n.method for n in NUMBERS if n.protocol == "base_to_new" and n.dataset != AVERAGE}
+    assert sorted(methods) == sorted(CONFIRMED_B2N + ["KgCoOp"])
+    for method in methods:
+        for dataset in (*ELEVEN, AVERAGE):
+            assert sorted(n.metric for n in _b2n(method, dataset)) == ["H", "base", "new"], (method, dataset)
+
+
+def test_confirmed_base_to_new_rows_name_their_source_and_recalled_ones_none():
+    """Each confirmed row says which table it was read from; the two table images hold the five methods' rows."""
+    rows = [n for n in NUMBERS if n.protocol == "base_to_new"]
+    for n in rows:
+        assert bool(n.source) == n.confirmed, n
+    for method in CONFIRMED_B2N:
+        for dataset in (*ELEVEN, AVERAGE):
+            for n in _b2n(method, dataset):
+                assert n.confirmed and "zhengli97/PromptKD" in n.source and "images/exp_results.png" in n.source, n
+                assert ("zhengli97/ATPrompt" in n.source) == (method != "zero-shot CLIP"), n
+    assert {n.confirmed for n in rows if n.method == "KgCoOp" and n.dataset != AVERAGE} == {False}
+
+
+@pytest.mark.parametrize("method", CONFIRMED_B2N)
+def test_lookup_returns_each_confirmed_row_as_published(method):
+    """Through every preset of the paper's method, on the published backbone, with the quickgelu name as well."""
+    for preset in METHODS[method]:
+        for dataset in ELEVEN:
+            for metric in ("base", "new", "H"):
+                number = lookup("base_to_new", preset, dataset, metric, "ViT-B-16-quickgelu", "openai")
+                assert number.status == "published" and number.value == VALUES[
+                    ("base_to_new", method, dataset, metric, "ViT-B-16")], (preset, dataset, metric)
+
+
+def test_spot_values_read_from_the_tables():
+    """A few cells checked by eye against PromptKD images/exp_results.png, so a shifted row cannot pass."""
+    cells = {("zero-shot CLIP", "FGVCAircraft"): (27.19, 36.29, 31.09), ("CoOp", "EuroSAT"): (92.19, 54.74, 68.69),
+             ("CoCoOp", "StanfordCars"): (70.49, 73.59, 72.01), ("MaPLe", "UCF101"): (83.00, 78.66, 80.77),
+             ("PromptSRC", "OxfordFlowers"): (98.07, 76.50, 85.95)}
+    for (method, dataset), expected in cells.items():
+        got = tuple(VALUES[("base_to_new", method, dataset, m, "ViT-B-16")] for m in ("base", "new", "H"))
+        assert got == expected, (method, dataset)
