@@ -18,8 +18,9 @@ setup: $(BIN)/promptclip
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/promptclip demo
 
+# -p no:cacheprovider: the suite writes nothing into the repository (.ci/run checks), not even .pytest_cache
 test: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python tools/benchmark.py

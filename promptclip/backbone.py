@@ -413,6 +413,84 @@ def weights_status(name: str, pretrained: Optional[str], cache_dir: Optional[str
     return False, f"{name} {pretrained}: not in the local caches (needs a download)"
 
 
+# ------------------------------------------------------------------------------------------------ architecture
+def model_config(name: str, cache_dir: Optional[str] = None) -> Optional[dict]:
+    """The open_clip model config of ``name`` without building the model or reading weights: an open_clip name or a
+    built-in tiny config, ``local-dir:`` (its ``open_clip_config.json``), ``hf-hub:`` (only if cached). None where it
+    is not on this machine or the name is unknown."""
+    import json
+
+    import open_clip
+
+    if name.startswith(("local-dir:", "hf-hub:")):
+        if name.startswith("local-dir:"):
+            path = Path(os.path.expanduser(name[len("local-dir:"):])) / "open_clip_config.json"
+        else:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(name[len("hf-hub:"):], "open_clip_config.json", cache_dir=cache_dir)
+            path = Path(found) if isinstance(found, str) else None
+        if path is None or not path.is_file():
+            return None
+        try:
+            config = json.loads(path.read_text()).get("model_cfg")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            return None
+        return config if isinstance(config, dict) else None
+    _register_tiny_configs()
+    return open_clip.get_model_config(name)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What prompt learners need to know of a backbone: its towers' layer counts and widths. ``text_layers`` is None
+    for a text tower prompts cannot reach (not a causal open_clip transformer), ``vision_layers`` for an image tower
+    other than a class-token ViT, with ``vision_problem`` saying why. Read from the model config by :meth:`of`
+    (no weights, no model), or from a loaded :class:`FrozenCLIP`; the learners check configs against it."""
+
+    name: str
+    text_layers: Optional[int]
+    text_width: Optional[int]
+    vision_layers: Optional[int]
+    vision_width: Optional[int]
+    vision_problem: Optional[str] = None
+
+    @classmethod
+    def of(cls, name: str, cache_dir: Optional[str] = None) -> Optional["Architecture"]:
+        """The architecture of model ``name`` from its config (see :func:`model_config`); None where unknown."""
+        config = model_config(name, cache_dir)
+        return None if config is None else cls.from_config(name, config)
+
+    @classmethod
+    def from_config(cls, name: str, config: dict) -> "Architecture":
+        from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+        v = {**dataclasses.asdict(CLIPVisionCfg()), **config.get("vision_cfg", {})}
+        t = {**dataclasses.asdict(CLIPTextCfg()), **config.get("text_cfg", {})}
+        causal = not (t["hf_model_name"] or t["no_causal_mask"] or t["embed_cls"] or t["pool_type"] != "argmax")
+        problem = None
+        if v["timm_model_name"] or isinstance(v["layers"], (list, tuple)):
+            problem = (f"vision prompts need a ViT image tower; {name} has "
+                       f"{'a timm tower' if v['timm_model_name'] else 'a ResNet'}")
+        elif v["attentional_pool"] or v["pool_type"] != "tok":
+            problem = f"vision prompts are supported for ViTs that pool the class token; {name} does not"
+        return cls(name, t["layers"] if causal else None, t["width"] if causal else None,
+                   None if problem else v["layers"], None if problem else v["width"], problem)
+
+    @classmethod
+    def of_backbone(cls, backbone: "FrozenCLIP") -> "Architecture":
+        """The architecture of a loaded backbone (what :meth:`of` reads from its config)."""
+        text = backbone._text is not None
+        try:
+            backbone.require_vision_prompts()
+            problem = None
+        except BackboneError as err:
+            problem = str(err)
+        return cls(backbone.name, backbone.num_text_layers if text else None, backbone.text_width if text else None,
+                   None if problem else backbone.num_vision_layers, None if problem else backbone.vision_width,
+                   problem)
+
+
 class FrozenCLIP(nn.Module):
     """A frozen open_clip model in eval mode with prompt hooks. Build it with :meth:`FrozenCLIP.load`."""
 
@@ -445,7 +523,8 @@ class FrozenCLIP(nn.Module):
         """Create ``name`` with weights from an open_clip tag (``openai``), a local file, or none (random).
 
         ``name`` may be an open_clip model name, ``hf-hub:org/repo``, ``local-dir:/path`` or a built-in tiny
-        config (``tiny-vit``, ``tiny-vit-wide``, ``tiny-rn``: random weights, for tests and the demo).
+        config (``tiny-vit``, ``tiny-vit-wide``, ``tiny-vit-deep``, ``tiny-rn``: random weights, for tests and the
+        demo).
         """
         import open_clip
 
@@ -659,6 +738,10 @@ class FrozenCLIP(nn.Module):
     # ------------------------------------------------------------------------------------------- bookkeeping
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def architecture(self) -> "Architecture":
+        return Architecture.of_backbone(self)
 
     def describe(self) -> dict:
         """What a saved prompt file records so it is only loaded onto the same backbone."""

@@ -6,13 +6,17 @@ import json
 import logging
 import os
 import sys
+import textwrap
 import warnings
 from pathlib import Path
 from typing import List, Optional
 
+from .bench.commands import examples
 from .errors import ConfigError, PromptclipError
 
 OVERRIDES_HELP = "config overrides as dotted keys, e.g. optim.lr=0.01 data.shots=4 text.n_ctx=8"
+EVAL_OVERRIDES_HELP = ("evaluation settings as dotted keys (model.*, data.*, train.precision, train.device, "
+                       "train.eval_batch_size, output.cache_dir), e.g. data.subsample=new train.eval_batch_size=64")
 PRESET_HELP = "preset name (configs/**/NAME.yaml) or YAML file; repeat to merge several, later ones win"
 
 
@@ -155,64 +159,76 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="also show other libraries' messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def with_config(p, runs: bool = False):
+    def command(name: str, help: str, description: str, *example_lines: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=textwrap.fill(description, 110) + examples(*example_lines),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def with_config(p, runs: bool = False, overrides_help: str = OVERRIDES_HELP):
         p.add_argument("-c", "--config", action="append", default=[], metavar="PRESET", help=PRESET_HELP)
         if runs:
             p.add_argument("--replace", action="store_true",
                            help="if the run folder holds a run made with other settings, delete it and run anew")
-        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=overrides_help)
         return p
 
-    p = with_config(sub.add_parser("train", help="train prompts and evaluate them (resumes an interrupted run)",
-                                   description="Train prompts with a preset and overrides; writes a run folder. "
-                                               "Example: promptclip train -c coop data.name=DescribableTextures "
-                                               "data.root=~/data data.shots=16 seed=1"), runs=True)
+    p = with_config(command("train", "train prompts and evaluate them (resumes an interrupted run)",
+                            "Train prompts with a preset and overrides; writes a run folder.",
+                            "promptclip train -c coop data.name=DescribableTextures data.root=~/data data.shots=16 "
+                            "seed=1",
+                            "promptclip train -c maple data.name=imagefolder data.root=data/digits "
+                            "model.name=tiny-vit-deep model.pretrained=null   # offline, random weights"), runs=True)
     p.set_defaults(func=cmd_train)
-    p = with_config(sub.add_parser("zeroshot", help="zero-shot CLIP on a dataset",
-                                   description="Zero-shot CLIP: the zeroshot preset plus yours. "
-                                               "Example: promptclip zeroshot data.name=EuroSAT data.root=~/data"),
-                    runs=True)
+    p = with_config(command("zeroshot", "zero-shot CLIP on a dataset", "Zero-shot CLIP: the zeroshot preset plus yours.",
+                            "promptclip zeroshot data.name=EuroSAT data.root=~/data"), runs=True,
+                    overrides_help="config overrides as dotted keys, e.g. text.templates=ensemble "
+                                   "train.eval_batch_size=64")
     p.set_defaults(func=cmd_zeroshot)
-    p = sub.add_parser("eval", help="evaluate a run's prompts on another class set or dataset",
-                       description="Evaluate saved prompts; overrides choose the data, e.g. data.subsample=new or "
-                                   "data.name=ImageNetV2. Writes RUN_DIR/evals/<dataset>-<subsample>.json.")
+    p = command("eval", "evaluate a run's prompts on another class set or dataset",
+                "Evaluate saved prompts; overrides choose the data and how to evaluate, not what was trained. Writes "
+                "RUN_DIR/evals/<dataset>-<subsample>-<fingerprint>.json, one file per distinct evaluation (the "
+                "fingerprint covers the run and every evaluation setting); an existing one is reused unless --force.",
+                "promptclip eval RUN_DIR data.subsample=new",
+                "promptclip eval RUN_DIR data.name=ImageNetV2 data.root=~/data")
     p.add_argument("run_dir", type=Path)
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=EVAL_OVERRIDES_HELP)
     p.add_argument("--force", action="store_true", help="evaluate again even if the result exists")
     p.set_defaults(func=cmd_eval)
-    p = sub.add_parser("predict", help="top-k classes for image files with a run's prompts",
-                       description="Classify image files with the prompts saved in RUN_DIR.")
+    p = command("predict", "top-k classes for image files with a run's prompts",
+                "Classify image files with the prompts saved in RUN_DIR.",
+                "promptclip predict RUN_DIR IMAGE.png --topk 2")
     p.add_argument("run_dir", type=Path)
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_predict)
-    p = sub.add_parser("interpret", help="what a run's learned prompts mean: nearest words, prompt norms",
-                       description="For each learned text context vector, the nearest tokens of the backbone's "
-                                   "vocabulary (Euclidean distance, as in CoOp); for deep, vision and "
-                                   "image-conditioned prompts, L2 norms per layer beside the backbone's own scales. "
-                                   "docs/interpret.md explains each number.")
+    p = command("interpret", "what a run's learned prompts mean: nearest words, prompt norms",
+                "For each learned text context vector, the nearest tokens of the backbone's vocabulary (Euclidean "
+                "distance, as in CoOp); for deep, vision and image-conditioned prompts, L2 norms per layer beside "
+                "the backbone's own scales. docs/interpret.md explains each number.",
+                "promptclip interpret RUN_DIR --topk 3")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--topk", type=int, default=5, help="nearest tokens per context vector (default 5)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_interpret)
-    p = sub.add_parser("demo", help="offline demo: digits, a tiny random CLIP, zero-shot vs CoOp",
-                       description="Writes scikit-learn's digits as an image folder and compares zero-shot CLIP "
-                                   "with CoOp (shared and class-specific) on a tiny CLIP with random weights.")
+    p = command("demo", "offline demo: digits, a tiny random CLIP, zero-shot vs CoOp",
+                "Writes scikit-learn's digits as an image folder and compares zero-shot CLIP with CoOp (shared and "
+                "class-specific) on a tiny CLIP with random weights.",
+                "promptclip demo --out demo_runs --shots 2 --epochs 1")
     p.add_argument("--out", default="demo_runs", help="folder for the data and the runs")
     p.add_argument("--shots", type=int, default=16)
     p.add_argument("--epochs", type=int, default=40)
     p.set_defaults(func=cmd_demo)
-    p = with_config(sub.add_parser("config", help="print the resolved config of presets + overrides",
-                                   description="Print the config a train command would use, or --list presets."))
+    p = with_config(command("config", "print the resolved config of presets + overrides",
+                            "Print the config a train command would use, or --list presets.",
+                            "promptclip config -c maple model.name=tiny-vit-deep", "promptclip config --list"))
     p.add_argument("--list", action="store_true", help="list the presets")
     p.set_defaults(func=cmd_config)
-    p = sub.add_parser("runs", help="list the runs under a folder with their status and accuracy",
-                       description="Every run folder under DIR: done, running (with the lock's owner), interrupted "
-                                   "(resumes when its command is run again), failed or damaged; epochs done and test "
-                                   "accuracy.")
+    p = command("runs", "list the runs under a folder with their status and accuracy",
+                "Every run folder under DIR: done, running (with the lock's owner), interrupted (resumes when its "
+                "command is run again), failed or damaged; epochs done and test accuracy.",
+                "promptclip runs runs")
     p.add_argument("dir", type=Path, help="a folder of runs, e.g. runs")
     p.set_defaults(func=cmd_runs)
     from .bench.commands import add_bench_commands

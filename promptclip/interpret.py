@@ -169,7 +169,7 @@ def interpret_run(run_dir: Union[str, Path], topk: int = 5, device: str = "cpu")
     tower receives, e.g. MaPLe's coupling outputs); ``parameters``: the norm of every learned tensor (CoCoOp's
     meta-net, MaPLe's couplings...); ``token_embedding_norm`` / ``vision_reference``: the backbone's own scales.
     """
-    from .engine.precision import resolve_device
+    from .devices import resolve_device
     from .engine.prompts import load_prompts
 
     _check_topk(topk)

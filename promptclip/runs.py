@@ -3,7 +3,9 @@
 A run's *identity* is every resolved setting that can change its result (model and weights, data and draw, learner
 and loss options, optimiser, schedule, epochs, precision, seed); progress bars, worker counts, devices and output
 paths are not part of it. ``identity.json`` records it when training starts, and a run is reused or resumed only
-for the same fingerprint. Nothing here imports torch, so ``report``, ``bench --dry-run`` and the CLI's help stay fast.
+for the same fingerprint and the same training data (its ``data`` signature, checked apart from the fingerprint
+since a sweep plans fingerprints before any data is read). Nothing here imports torch at import time, so ``report``,
+``bench --dry-run`` and the CLI's help stay fast; only resolving ``train.precision=auto`` asks torch for the device.
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ METRICS = "metrics.jsonl"
 LOG = "log.txt"
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT = f"{CHECKPOINT_DIR}/last.pt"
+ELAPSED = f"{CHECKPOINT_DIR}/elapsed.json"  # seconds spent by the earlier segments of an interrupted run
+WEIGHTS_HASHES = "weights-sha256.json"  # in output.cache_dir: a local checkpoint's sha256 by (path, size, mtime)
 EVALS = "evals"
 PROMPTS = "prompts.safetensors"
 PROMPTS_META = "prompts.json"
@@ -48,10 +52,12 @@ MANIFEST_PREFIX = "protocol-"
 RUN_FILES = (CONFIG, IDENTITY, RESULT, FAILED, METRICS, LOG, PROMPTS, PROMPTS_META, CLASSIFIER)
 #: bumped when the same settings start to give other results, so that no run of an older version is reused or
 #: resumed; each version says what changed
-IDENTITY_VERSION = 2
+IDENTITY_VERSION = 3
 VERSION_CHANGES = {
     2: "DAPT's prototypes come from the first cached training view, the zero-shot ensemble on ImageNet is CoOp's 7 "
        "templates, MaPLe's couplings start as the reference's copies and VPT's prompt dropout is per image",
+    3: "a local checkpoint is identified by its content (sha256), train.precision=auto by the precision it "
+       "resolves to, and the training images by their sizes and modification times",
 }
 #: settings that never change a run's result
 NOT_IDENTITY = ("method", "output", "model.cache_dir", "data.num_workers", "train.device", "train.checkpoint_every",
@@ -201,9 +207,52 @@ def within(key: str, names: Sequence[str]) -> bool:
     return any(key == n or key.startswith(n + ".") for n in names)
 
 
+def resolved_precision(cfg) -> str:
+    """The precision a run of ``cfg`` uses on this machine: ``auto`` resolved as the engine does (fp32 on CPU, bf16
+    or fp16 on a GPU), so ``auto`` and what it stands for are one setting. Imports torch only for ``auto``."""
+    if cfg.train.precision != "auto":
+        return cfg.train.precision
+    from .devices import resolve_device, resolve_precision
+
+    return resolve_precision("auto", resolve_device(cfg.train.device))
+
+
+def weights_digest(path: Path, cache_dir: Optional[PathLike]) -> str:
+    """The sha256 of a local checkpoint file, so new weights at the same path and of the same size are other weights.
+
+    Hashing gigabytes at every start would be slow, so the digest is kept in ``cache_dir/weights-sha256.json`` by
+    (path, size, mtime_ns) and computed again only when one of them changes."""
+    stat = path.stat()
+    key, stamp = str(path), [stat.st_size, stat.st_mtime_ns]
+    cache = Path(os.path.expanduser(str(cache_dir))) / WEIGHTS_HASHES if cache_dir else None
+    known: Dict[str, Any] = {}
+    if cache is not None and cache.is_file():
+        try:
+            known = json.loads(cache.read_text())
+        except (ValueError, UnicodeDecodeError):  # a damaged cache only costs hashing again
+            known = {}
+        known = known if isinstance(known, dict) else {}
+    entry = known.get(key)
+    if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    known[key] = {"stamp": stamp, "sha256": digest.hexdigest()}
+    if cache is not None:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(cache, known)
+        except OSError:  # a read-only cache folder: hash again next time
+            pass
+    return digest.hexdigest()
+
+
 def identity_settings(cfg) -> Dict[str, Any]:
     """The flat ``{dotted key: value}`` settings a run's result depends on, normalised so that the same data and
-    weights give the same settings however they were written."""
+    weights give the same settings however they were written: a local checkpoint by its sha256, ``precision: auto``
+    by the precision it resolves to here."""
     cfg = resolve(cfg)
     flat = _flatten(dataclasses.asdict(cfg))
     settings = {k: v for k, v in flat.items() if not within(k, NOT_IDENTITY)}
@@ -214,7 +263,8 @@ def identity_settings(cfg) -> Dict[str, Any]:
     settings["data.root"] = str(root) if root is not None else cfg.data.root
     weights = _local_path(cfg.model.pretrained)
     if weights is not None and weights.is_file():
-        settings["model.pretrained"] = f"{weights} ({weights.stat().st_size} bytes)"
+        settings["model.pretrained"] = f"{weights} (sha256 {weights_digest(weights, cfg.output.cache_dir)})"
+    settings["train.precision"] = resolved_precision(cfg)
     if cfg.model.name.startswith("local-dir:"):
         settings["model.name"] = f"local-dir:{_local_path(cfg.model.name[len('local-dir:'):]) or cfg.model.name}"
     return dict(sorted(settings.items()))
@@ -230,6 +280,9 @@ class Identity:
     settings: Dict[str, Any]
     fingerprint: str
     version: int = IDENTITY_VERSION  # the IDENTITY_VERSION of the promptclip that wrote it
+    #: the training data's signature (:func:`promptclip.data.fewshot.content_signature`), known once the data is read
+    #: and so kept out of the fingerprint; empty before then, and for runs that read no training data
+    data: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of(cls, cfg) -> "Identity":
@@ -242,6 +295,22 @@ class Identity:
         missing = "(not set)"
         return [f"{k}: {_show(self.settings.get(k, missing))} → {_show(other.settings.get(k, missing))}"
                 for k in keys if self.settings.get(k, missing) != other.settings.get(k, missing)]
+
+
+def data_changes(stored: Identity, data: Dict[str, Any], run_dir: PathLike) -> Optional[str]:
+    """Why ``run_dir``'s run was made on other training data than ``data`` (None when the same, or not recorded)."""
+    if not stored.data or stored.data == data:
+        return None
+    changed = [f"{split}: {_count(stored.data.get(split))} → {_count(data.get(split))}"
+               for split in sorted(set(stored.data) | set(data)) if stored.data.get(split) != data.get(split)]
+    return (f"{run_dir}: the training images changed since this run was made ({'; '.join(changed)}; a file's "
+            f"size or modification time, or which files the draw holds). Its result would not be this data's.")
+
+
+def _count(part: Any) -> str:
+    if not isinstance(part, dict):
+        return "none"
+    return f"{part.get('items', '?')} images, signature {str(part.get('sha256', '?'))[:12]}"
 
 
 def _show(value: Any) -> str:
@@ -277,26 +346,69 @@ def read_json(path: PathLike, what: str, required: Sequence[str] = ()) -> Option
     return data
 
 
+REDO = "Redo that run: its training command with --replace."
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_scored(path: PathLike, what: str, key: str = "test") -> Optional[dict]:
+    """A result file whose ``key`` metrics must hold a numeric accuracy (an evaluation, a validation), or None when
+    the file does not exist; a wrong type is a CorruptFile naming the file and the field."""
+    data = read_json(path, what, (key,))
+    if data is None:
+        return None
+    metrics = data[key]
+    if not isinstance(metrics, dict) or not _is_number(metrics.get("accuracy")):
+        found = _show(metrics.get("accuracy")) if isinstance(metrics, dict) else type(metrics).__name__
+        raise CorruptFile(f"{path} ({what}) is damaged: {key}.accuracy is {found}, not a number. Rerun the command "
+                          f"that made it (it redoes a damaged file).")
+    return data
+
+
 def read_result(run_dir: PathLike) -> Optional[dict]:
-    """A finished run's ``result.json`` (None when unfinished)."""
-    data = read_json(Path(run_dir) / RESULT, "a run's result", ("method", "dataset"))
-    if data is not None and "test" in data and not (isinstance(data["test"], dict) and "accuracy" in data["test"]):
-        raise CorruptFile(f"{Path(run_dir) / RESULT} (a run's result) is damaged: its test metrics have no accuracy.")
+    """A finished run's ``result.json`` (None when unfinished), with the fields readers rely on checked for type."""
+    path = Path(run_dir) / RESULT
+    data = read_json(path, "a run's result", ("method", "dataset"))
+    if data is None:
+        return None
+    wrong = [f"{k} is not text" for k in ("method", "dataset") if not isinstance(data[k], str)]
+    if "test" in data and not (isinstance(data["test"], dict) and "accuracy" in data["test"]):
+        wrong.append("its test metrics have no accuracy")
+    elif "test" in data and not _is_number(data["test"]["accuracy"]):
+        wrong.append(f"test.accuracy is {_show(data['test']['accuracy'])}, not a number")
+    wrong += [f"{k} is {_show(data[k])}, not a number" for k in ("train_seconds", "train_loss")
+              if data.get(k) is not None and not _is_number(data[k])]
+    if wrong:
+        raise CorruptFile(f"{path} (a run's result) is damaged: {'; '.join(wrong)}. {REDO}")
     return data
 
 
 def read_identity(run_dir: PathLike) -> Optional[Identity]:
-    data = read_json(Path(run_dir) / IDENTITY, "a run's identity", ("fingerprint", "settings"))
+    """A run's ``identity.json`` (None when absent), its fields checked for type."""
+    path = Path(run_dir) / IDENTITY
+    data = read_json(path, "a run's identity", ("fingerprint", "settings"))
     if data is None:
         return None
-    version = data.get("version", 1)  # version 1 did not record itself
-    return Identity(dict(data["settings"]), str(data["fingerprint"]), version if isinstance(version, int) else 0)
+    settings, version, signature = data["settings"], data.get("version", 1), data.get("data", {})  # v1: no version
+    wrong = []
+    if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
+        wrong.append(f"settings is {type(settings).__name__}, not an object of named settings")
+    if not isinstance(data["fingerprint"], str):
+        wrong.append(f"fingerprint is {_show(data['fingerprint'])}, not text")
+    if not isinstance(signature, dict):
+        wrong.append(f"data is {_show(signature)}, not an object")
+    if wrong:
+        raise CorruptFile(f"{path} (a run's identity) is damaged: {'; '.join(wrong)}. {REDO}")
+    return Identity(dict(settings), data["fingerprint"], version if isinstance(version, int) else 0, signature)
 
 
 def write_identity(run_dir: PathLike, identity: Identity, config_yaml: str) -> None:
     atomic_write_text(Path(run_dir) / CONFIG, config_yaml)
     atomic_write_json(Path(run_dir) / IDENTITY, {"fingerprint": identity.fingerprint, "settings": identity.settings,
-                                                 "version": identity.version, "created": now()})
+                                                 "version": identity.version, "data": identity.data,
+                                                 "created": now()})
 
 
 def now() -> str:
@@ -322,7 +434,7 @@ class RunState:
 
 
 def _has_work(run_dir: Path) -> bool:
-    return (run_dir / RESULT).exists() or (run_dir / CHECKPOINT_DIR).exists() or (run_dir / PROMPTS).exists()
+    return (run_dir / RESULT).exists() or (run_dir / CHECKPOINT).exists() or (run_dir / PROMPTS).exists()
 
 
 def run_state(run_dir: PathLike, identity: Identity) -> RunState:
@@ -345,7 +457,8 @@ def run_state(run_dir: PathLike, identity: Identity) -> RunState:
         except CorruptFile:
             failure = None
         if stored.version != identity.version:
-            changed = VERSION_CHANGES.get(identity.version, "")
+            changed = "; ".join(VERSION_CHANGES[v] for v in range(stored.version + 1, identity.version + 1)
+                                if v in VERSION_CHANGES)
             return RunState("other", run_dir, stored=stored, failure=failure,
                             problem=f"{run_dir} holds a run made by an earlier promptclip (run identity version "
                                     f"{stored.version}, now {identity.version}), whose results this version's "
@@ -387,15 +500,25 @@ def clear(run_dir: PathLike) -> None:
 # ------------------------------------------------------------------------------------------------ the lock
 class RunLock:
     """One writer per run folder: an OS file lock (``filelock``), released by the kernel if the holder dies, so a
-    lock left by a killed process is simply taken over. The holder's pid, host and start time sit beside it."""
+    lock left by a killed process is simply taken over. The holder's pid, host and start time sit beside it.
+
+    :meth:`leave_nothing` makes the release also remove the lock file and the folders the lock created, where they
+    are empty then (a run that failed before it began leaves no trace; what others put there stays)."""
 
     def __init__(self, run_dir: PathLike):
         self.run_dir = Path(run_dir)
         self._lock = None
+        self._created: List[Path] = []  # the folders acquire() made, deepest first
+        self._leave_nothing = False
 
     def acquire(self) -> "RunLock":
         from filelock import FileLock, Timeout
 
+        created = []
+        for folder in (self.run_dir, *self.run_dir.parents):
+            if folder.exists():
+                break
+            created.append(folder)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(self.run_dir / LOCK), timeout=0)
         try:
@@ -403,15 +526,28 @@ class RunLock:
         except Timeout:
             raise RunBusy(f"{self.run_dir} is busy: {describe_owner(self.run_dir, wait=1.0)}. Wait for that process "
                           f"to finish, or stop it; a killed process's lock is taken over automatically.") from None
-        self._lock = lock
+        self._lock, self._created, self._leave_nothing = lock, created, False
         atomic_write_json(self.run_dir / LOCK_OWNER, {"pid": os.getpid(), "host": socket.gethostname(), "since": now()})
         return self
 
+    def leave_nothing(self) -> None:
+        """On release, remove the lock file and the now empty folders this lock created."""
+        self._leave_nothing = True
+
     def release(self) -> None:
-        if self._lock is not None:
-            (self.run_dir / LOCK_OWNER).unlink(missing_ok=True)
-            self._lock.release()
-            self._lock = None
+        if self._lock is None:
+            return
+        (self.run_dir / LOCK_OWNER).unlink(missing_ok=True)
+        if self._leave_nothing:  # removed while still held, so no one else holds a lock on it
+            (self.run_dir / LOCK).unlink(missing_ok=True)
+        self._lock.release()
+        self._lock = None
+        if self._leave_nothing:
+            for folder in self._created:
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty: it holds something else now
+                    break
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
@@ -486,7 +622,7 @@ class RunInfo:
 
 def _epochs(run_dir: Path, settings: Dict[str, Any]) -> str:
     total = settings.get("train.epochs")
-    if not total:
+    if not isinstance(total, int) or isinstance(total, bool) or total <= 0:
         return ""
     metrics = run_dir / METRICS
     done = sum(1 for line in metrics.read_text().splitlines() if line.strip()) if metrics.is_file() else 0

@@ -11,7 +11,7 @@ from bench_fixtures import cli, coloured_folder, fake_benchmarks
 from promptclip import runs
 from promptclip.bench.protocols import expand, grid_label, parse_protocol, write_manifest
 from promptclip.bench.report import write_report
-from promptclip.bench.sweep import plan_sweep, read_spec, run_sweep, status, write_spec
+from promptclip.bench.sweep import plan_sweep, read_spec, run_sweep, write_spec
 from promptclip.errors import ConfigError
 
 TINY_CONFIG = {"model.name": "tiny-vit", "model.pretrained": None, "train.epochs": 1, "train.batch_size": 4,
@@ -75,7 +75,7 @@ def test_grid_runs_validate_choose_on_val_and_resume(folder, tmp_path, capsys):
     stamps = {p: p.stat().st_mtime_ns for d in run_dirs for p in (d / "result.json", *(d / "evals").iterdir())}
     capsys.readouterr()
     assert cli(*args) == 0  # a rerun trains and evaluates nothing
-    assert "Finished 0 runs, 2 were already done" in capsys.readouterr().out
+    assert "Done 0 runs, 0 failed, 2 skipped (already done)" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
@@ -170,16 +170,19 @@ def test_no_tuning_on_a_test_split(tmp_path, folder):
     data = fake_benchmarks(tmp_path / "data", ["ImageNet"])
     specs = expand(protocol(tmp_path / "runs", {"name": "ImageNet", "data": {"root": str(data)}},
                             {"optim.lr": [0.002, 0.02]}))
-    with pytest.raises(ConfigError, match="ImageNet has no validation split of its own"):
-        run_sweep(specs, progress=False)
-    assert [status(s) for s in specs] == ["todo", "todo"] and not list((tmp_path / "runs").rglob(runs.RESULT))
+    outcome = run_sweep(specs, progress=False)  # each grid run fails before it trains; the failure is recorded
+    assert sorted(outcome.failed) == sorted(s.id for s in specs) and not outcome.finished
+    assert all("ImageNet has no validation split of its own" in e for e in outcome.failed.values())
+    assert all("ImageNet has no validation split of its own" in runs.read_json(s.run_dir / runs.FAILED, "f")["error"]
+               for s in specs)
+    assert not list((tmp_path / "runs").rglob(runs.RESULT)) and not list((tmp_path / "runs").rglob(runs.IDENTITY))
 
     no_test = tmp_path / "no_test"
     shutil.copytree(folder, no_test)
     shutil.rmtree(no_test / "test")
     specs = expand(protocol(tmp_path / "runs", colours(no_test), {"optim.lr": [0.002]}))
-    with pytest.raises(ConfigError, match="no_test has no validation split of its own"):
-        run_sweep(specs, progress=False)
+    (error,) = run_sweep(specs, progress=False).failed.values()
+    assert "no_test has no validation split of its own" in error
 
 
 def test_a_home_relative_root_is_one_folder_for_runs_manifest_and_validation(tmp_path, monkeypatch):

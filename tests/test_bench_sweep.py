@@ -106,8 +106,8 @@ def test_cross_dataset_then_domain_generalization_share_the_runs(data, tmp_path)
         accuracy(root / "zeroshot/tiny-vit_random/ImageNet/all/shots_0/seed_1"), abs=1e-4)
 
 
-class Killed(Exception):
-    """Stands for a kill in the middle of a run."""
+class Killed(BaseException):
+    """Stands for a kill in the middle of a run (like KeyboardInterrupt, not an error the sweep records and passes)."""
 
 
 def sweep_plan(data, root):

@@ -58,10 +58,12 @@ def test_config_command_lists_and_resolves(capsys):
     (["train", "-c", "coop", "data.root=/no/such/folder", "model.name=tiny-vit"], "/no/such/folder"),
     (["predict", "/no/run", "x.png"], "Run folder /no/run does not exist"),
 ])
-def test_errors_are_one_clear_line(args, message, capsys):
-    assert main(["-q", *args]) == 2
+def test_errors_are_one_clear_line(args, message, capsys, tmp_path):
+    outputs = [f"output.root={tmp_path / 'runs'}", f"output.cache_dir={tmp_path / 'cache'}"]
+    assert main(["-q", *args, *(outputs if args[0] == "train" else [])]) == 2
     err = capsys.readouterr().err
     assert err.startswith("promptclip: error:") and message in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()  # a run that fails before training leaves nothing behind
 
 
 def test_help_on_every_command(capsys):

@@ -156,7 +156,7 @@ def test_more_shots_than_a_class_has_uses_all_and_warns(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="promptclip"):
         ds = prepare_data(config(tmp_path / "data", tmp_path, **{"data.shots": 4}))
     assert sorted(i.label for i in ds.train) == [0, 0, 1, 1, 1, 1]
-    assert "1 class(es) have fewer images than the 4 shots (class 0 has only 2)" in caplog.text
+    assert "1 of the 2 classes in use have fewer training images than the 4 shots ('a' has 2)" in caplog.text
 
 
 def test_corrupt_image_is_named(digits_root, tmp_path):

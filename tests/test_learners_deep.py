@@ -116,7 +116,7 @@ def test_maple_keeps_of_a_and_matches_zero_shot_at_init(load):
 
 
 def test_maple_depth_beyond_tower_is_an_error(load):
-    with pytest.raises(ConfigError, match="text.depth=9.*2 layers"):
+    with pytest.raises(ConfigError, match=r"text.depth=9 > 2 text layers \(use 1..2\); text.depth=9 > 2 vision layers"):
         MaPLe(MaPLeConfig(depth=9), load(), CLASSES)
 
 

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from promptclip.config import build_config
-from promptclip.engine.precision import autocast, resolve_precision
+from promptclip.devices import resolve_precision
+from promptclip.engine.precision import autocast
 from promptclip.errors import ConfigError
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")

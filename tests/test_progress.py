@@ -1,4 +1,4 @@
-"""Progress: bars with rate and ETA on a terminal, plain lines elsewhere, none when off; log.txt in the run folder."""
+"""Progress: bars with rate and ETA on a terminal, plain lines elsewhere and when off; log.txt in the run folder."""
 import logging
 import re
 import sys
@@ -81,7 +81,11 @@ def test_on_a_terminal_bars_and_log_lines_do_not_collide(digits_root, tmp_path, 
             assert line.split("\r")[-1].startswith("[promptclip] a note after epoch"), repr(line)
 
 
-def test_progress_off_prints_nothing(digits_root, tmp_path, console, capfd):
-    run(build_config(["coop"], overrides(digits_root, tmp_path)), progress=False)
+def test_progress_off_draws_no_bars_but_logs_the_lines(digits_root, tmp_path, console, capfd, monkeypatch):
+    """``--no-progress`` (a configured console, progress off): plain lines even on a terminal, as in log.txt."""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    cfg = build_config(["coop"], overrides(digits_root, tmp_path))
+    run(cfg, progress=False)
     err = capfd.readouterr().err
-    assert "\r" not in err and "step" not in err and "epoch" not in err
+    assert "\r" not in err and LINE.search(err), err
+    assert LINE.search((runs.default_run_dir(cfg) / runs.LOG).read_text())

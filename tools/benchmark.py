@@ -26,7 +26,7 @@ import torch
 
 from promptclip.backbone import FrozenCLIP
 from promptclip.bench import speed
-from promptclip.engine.precision import resolve_device, resolve_precision
+from promptclip.devices import resolve_device, resolve_precision
 
 SECTIONS = ("startup", "text", "zeroshot", "steps", "cocoop")
 

@@ -498,7 +498,8 @@ def _method_grid(protocol: Protocol, method: MethodEntry, base: Config, cli_keys
 def expand(protocol: Protocol, overrides: Sequence[str] = (), scoped: Optional[Dict[str, List[str]]] = None
            ) -> List[RunSpec]:
     """Every run of ``protocol`` (methods × datasets × shots × seeds × grid points), in that order, with resolved
-    configs. A grid point's runs live in ``.../shots_<K>/<grid label>/seed_<S>``."""
+    configs. A grid point's runs live in ``.../shots_<K>/<grid label>/seed_<S>``. A method that uses no training
+    data (zero-shot) has one run per dataset and seed, at shots 0, whatever the protocol's shots."""
     scoped = scoped or {}
     cli = [parse_override(text) for text in overrides]
     root = sweep_root(protocol, overrides)
@@ -514,8 +515,10 @@ def expand(protocol: Protocol, overrides: Sequence[str] = (), scoped: Optional[D
         cli_keys = [t.split("=", 1)[0].strip() for t in [*overrides, *mine_texts]]
         grid = _method_grid(protocol, method, named, cli_keys, f"{protocol.source}: {name}")
         named_method = {"method": name} if method.name else {}
+        # a method that never sees training data (zero-shot) runs once per dataset and seed, as its 0-shot row
+        shot_counts = (method.shots or protocol.shots) if runs.effective_shots(named) != 0 else (0,)
         for dataset in protocol.datasets:
-            for shots in method.shots or protocol.shots:
+            for shots in shot_counts:
                 for seed in method.seeds or protocol.seeds:
                     where = f"{protocol.source}: {name} {dataset.label} shots {shots} seed {seed}"
                     rule_layers: List[dict] = []

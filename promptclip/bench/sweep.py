@@ -8,6 +8,11 @@ another sharing the file system) is skipped as busy, so several workers may shar
 ``--shard i/n`` takes every n-th run starting at i (0-based), so n jobs (a SLURM array) share a sweep without
 overlapping, provided they use the same protocol and overrides.
 
+Before anything runs, every planned run's config is checked against its backbone's architecture, read from the
+model config without loading weights (:func:`plan_problems`): a sweep that cannot finish is refused with every
+problem of every run. A run that fails anyway is recorded in its folder (``failed.json``, stage ``sweep``) and the
+sweep goes on with the others (unless ``fail_fast``); rerunning the command retries it.
+
 A grid point's run (a protocol with ``grid``) is also evaluated on its validation split; before it trains, its
 dataset is checked to have a val split apart from its test split, so a grid on ImageNet fails at once, not after
 training. :func:`plan_sweep` and :func:`run_planned` are what ``promptclip bench`` calls: the library writes the
@@ -23,18 +28,21 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from tqdm.auto import tqdm
 
 from .. import runs
+from ..backbone import Architecture
 from ..config import Config, from_dict, to_dict
 from ..engine.runner import evaluate_run, run
 from ..engine.trainer import duration, show_bars
 from ..engine.validation import require_validation_split, validate_run, validation_file
 from ..errors import ConfigError
+from ..learners.base import config_problems
 from ..utils import atomic_write_json
 from .protocols import EvalSpec, Protocol, RunSpec, eval_spec, expand, grid_label, load_protocol, split_overrides, \
     sweep_root, write_manifest
@@ -81,12 +89,60 @@ def plan_sweep(name: str, overrides: Sequence[str] = (), shard_text: Optional[st
     return SweepPlan(protocol, specs, selected, sweep_root(protocol, common), list(overrides))
 
 
-def run_planned(plan: SweepPlan, gpus: int = 0, keep_going: bool = False, progress: bool = True,
+def plan_problems(specs: Sequence[RunSpec]) -> Tuple[Dict[str, List[str]], List[str]]:
+    """``(run id → what its backbone cannot run, models whose architecture is unknown here)``: every run's config
+    checked against its backbone's layer counts and towers, read from the model config (nothing is loaded). A model
+    whose config is not on this machine (an uncached ``hf-hub:`` model, a missing ``local-dir:``) is not checked."""
+    architectures: Dict[Tuple[str, Optional[str]], Optional[Architecture]] = {}
+    problems: Dict[str, List[str]] = {}
+    for spec in specs:
+        key = (spec.config.model.name, spec.config.model.cache_dir)
+        if key not in architectures:
+            architectures[key] = Architecture.of(*key)
+        arch = architectures[key]
+        found = config_problems(spec.config, arch) if arch is not None else []
+        if found:
+            problems[spec.id] = found
+    return problems, sorted({name for (name, _), arch in architectures.items() if arch is None})
+
+
+def problems_text(problems: Dict[str, List[str]], total: int) -> str:
+    """How many runs cannot run, one line per run (``maple/…: text.depth=9 > 2 text layers (use 1..2); …``), and
+    the way out."""
+    lines = "\n".join(f"  {run_id}: {'; '.join(found)}" for run_id, found in problems.items())
+    return (f"{len(problems)} of {total} planned runs cannot run on their backbones:\n{lines}\nLower those settings "
+            f"(e.g. METHOD:text.depth=2), or use a deeper backbone (offline: model.name=tiny-vit-deep, 12 layers per "
+            f"tower).")
+
+
+def check_plan(specs: Sequence[RunSpec]) -> None:
+    """Refuse a sweep some of whose runs cannot run on their backbones, listing every problem of every run."""
+    problems, _ = plan_problems(specs)
+    if problems:
+        raise ConfigError(f"Nothing was started: {problems_text(problems, len(specs))}")
+
+
+def run_planned(plan: SweepPlan, gpus: int = 0, fail_fast: bool = False, progress: bool = True,
                 on_epoch_end: Optional[Callable[[int], None]] = None, replace: bool = False) -> "SweepOutcome":
-    """Write the sweep's manifest (every planned run, for the report), then run the selected runs not done yet."""
+    """Check every planned run against its backbone, write the sweep's manifest (every planned run, for the
+    report), then run the selected runs not done yet."""
+    check_plan(plan.runs)
     write_manifest(plan.protocol, plan.runs, plan.root, plan.overrides)
-    return run_sweep(plan.selected, gpus=gpus, keep_going=keep_going, progress=progress, on_epoch_end=on_epoch_end,
+    return run_sweep(plan.selected, gpus=gpus, fail_fast=fail_fast, progress=progress, on_epoch_end=on_epoch_end,
                      replace=replace)
+
+
+def record_failure(spec: RunSpec, error: str) -> None:
+    """``RUN_DIR/failed.json`` for a run that failed in the sweep; a retried run that succeeds removes it."""
+    atomic_write_json(spec.run_dir / runs.FAILED, {"error": error, "at": runs.now(), "stage": "sweep"})
+
+
+def error_text(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
+
+
+def first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
 
 
 def status(spec: RunSpec) -> str:
@@ -105,7 +161,7 @@ def status(spec: RunSpec) -> str:
 
 def _evaluation_done(path: Path, key: str) -> bool:
     try:
-        return runs.read_json(path, "an evaluation result", (key,)) is not None
+        return runs.read_scored(path, "an evaluation result", key) is not None
     except runs.CorruptFile:
         return False
 
@@ -150,7 +206,7 @@ class SweepOutcome:
     skipped: List[str] = field(default_factory=list)  # done before this call
     busy: List[str] = field(default_factory=list)  # another process is writing them
     other: Dict[str, List[str]] = field(default_factory=dict)  # run id → differing settings (left alone)
-    failed: Dict[str, str] = field(default_factory=dict)  # run id → error
+    failed: Dict[str, str] = field(default_factory=dict)  # run id → error (also in the run's failed.json)
 
 
 class _Bar:
@@ -180,11 +236,12 @@ class _Bar:
         self.bar.close()
 
 
-def run_sweep(specs: Sequence[RunSpec], gpus: int = 0, keep_going: bool = False, progress: bool = True,
+def run_sweep(specs: Sequence[RunSpec], gpus: int = 0, fail_fast: bool = False, progress: bool = True,
               on_epoch_end: Optional[Callable[[int], None]] = None, replace: bool = False) -> SweepOutcome:
     """Run every run of ``specs`` not finished yet; sequentially in this process, or ``gpus`` at a time.
 
-    Folders holding runs with other settings are listed in the outcome and left alone unless ``replace``."""
+    Folders holding runs with other settings are listed in the outcome and left alone unless ``replace``. A failed
+    run is recorded (:func:`record_failure`) and the others go on, unless ``fail_fast`` (no further run starts)."""
     outcome = SweepOutcome()
     states = {spec.id: status(spec) for spec in specs}
     outcome.skipped = [spec.id for spec in specs if states[spec.id] == "done"]
@@ -192,6 +249,9 @@ def run_sweep(specs: Sequence[RunSpec], gpus: int = 0, keep_going: bool = False,
     if not replace:
         outcome.other = {spec.id: config_changes(spec) for spec in specs if states[spec.id] == "other"}
     todo = [spec for spec in specs if states[spec.id] not in ("done", "busy") and spec.id not in outcome.other]
+    # --replace redoes only the folders that hold other settings or unknown ones: run(replace=True) redoes any run,
+    # and an interrupted run, or a finished one missing an evaluation, must resume or be evaluated, not redone
+    replacing = {spec.id for spec in todo if replace and states[spec.id] in ("other", "corrupt")}
     bar = _Bar(len(specs), len(outcome.skipped), progress)
     for run_id, changes in outcome.other.items():
         bar.write(f"NOT RUN {run_id}: its folder holds a run made with other settings ({'; '.join(changes[:4])}"
@@ -204,32 +264,36 @@ def run_sweep(specs: Sequence[RunSpec], gpus: int = 0, keep_going: bool = False,
               f"{f', {len(outcome.other)} with other settings' if outcome.other else ''}.")
     try:
         if gpus:
-            _run_parallel(todo, gpus, keep_going, bar, outcome, replace)
+            _run_parallel(todo, gpus, fail_fast, bar, outcome, replacing)
         else:
-            _run_sequential(todo, keep_going, progress, on_epoch_end, bar, outcome, replace)
+            _run_sequential(todo, fail_fast, progress, on_epoch_end, bar, outcome, replacing)
     finally:
         bar.close()
     return outcome
 
 
-def _run_sequential(todo: Sequence[RunSpec], keep_going: bool, progress: bool,
+def _run_sequential(todo: Sequence[RunSpec], fail_fast: bool, progress: bool,
                     on_epoch_end: Optional[Callable[[int], None]], bar: _Bar, outcome: SweepOutcome,
-                    replace: bool) -> None:
+                    replacing: Set[str]) -> None:
     for spec in todo:
         bar.show(running=1)
         started = time.time()
         try:
-            result, evaluations, validation = run_one(spec, progress, on_epoch_end, replace)
+            result, evaluations, validation = run_one(spec, progress, on_epoch_end, spec.id in replacing)
         except runs.RunBusy as err:  # another worker took it since the plan was made
             outcome.busy.append(spec.id)
             bar.write(f"BUSY {spec.id}: {err}")
             continue
-        except Exception as err:  # noqa: BLE001  (a failed run is reported; --keep-going runs the others)
-            outcome.failed[spec.id] = f"{type(err).__name__}: {err}"
-            bar.write(f"FAILED {spec.id}: {type(err).__name__}: {err}")
-            if not keep_going:
-                raise
+        except Exception as err:  # noqa: BLE001  (a failed run is recorded; the others go on)
+            outcome.failed[spec.id] = error_text(err)
+            record_failure(spec, error_text(err))
+            with (spec.run_dir / runs.SWEEP_LOG).open("a") as log_file:
+                log_file.write(f"{runs.now()} FAILED\n{traceback.format_exc()}")
+            bar.write(f"FAILED {spec.id}: {first_line(error_text(err))}")
+            if fail_fast:
+                break
             continue
+        (spec.run_dir / runs.FAILED).unlink(missing_ok=True)
         outcome.finished.append(spec.id)
         bar.finish_one(summary_line(spec, result, evaluations, time.time() - started, validation), running=0)
 
@@ -274,27 +338,27 @@ def read_spec(path: Path) -> Tuple[RunSpec, bool]:
                    run_dir, identity, evaluations, grid, validation), bool(data.get("replace", False))
 
 
-def _run_parallel(todo: Sequence[RunSpec], gpus: int, keep_going: bool, bar: _Bar, outcome: SweepOutcome,
-                  replace: bool) -> None:
+def _run_parallel(todo: Sequence[RunSpec], gpus: int, fail_fast: bool, bar: _Bar, outcome: SweepOutcome,
+                  replacing: Set[str]) -> None:
     free = visible_gpus(gpus)
     pending = list(todo)
-    running: Dict[subprocess.Popen, Tuple[RunSpec, str, float]] = {}
+    running: Dict[subprocess.Popen, Tuple[RunSpec, str, float, str]] = {}
     try:
         while pending or running:
-            while pending and free and not (outcome.failed and not keep_going):
+            while pending and free and not (outcome.failed and fail_fast):
                 spec, gpu = pending.pop(0), free.pop(0)
-                spec_file = write_spec(spec, replace)
+                spec_file = write_spec(spec, spec.id in replacing)
                 env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
                 with (spec.run_dir / runs.SWEEP_LOG).open("a") as log_file:
                     process = subprocess.Popen([sys.executable, "-m", "promptclip.bench.sweep", str(spec_file)],
                                                env=env, stdout=log_file, stderr=subprocess.STDOUT)
-                running[process] = (spec, gpu, time.time())
+                running[process] = (spec, gpu, time.time(), runs.now())
                 bar.show(len(running))
             if not running:
                 break
             time.sleep(0.2)
             for process in [p for p in running if p.poll() is not None]:
-                spec, gpu, started = running.pop(process)
+                spec, gpu, started, started_at = running.pop(process)
                 free.append(gpu)
                 if process.returncode == 0 and status(spec) == "done":
                     outcome.finished.append(spec.id)
@@ -306,9 +370,8 @@ def _run_parallel(todo: Sequence[RunSpec], gpus: int, keep_going: bool, bar: _Ba
                     outcome.busy.append(spec.id)
                     bar.write(f"BUSY {spec.id}: {runs.describe_owner(spec.run_dir)}.")
                 else:
-                    log_path = spec.run_dir / runs.SWEEP_LOG
-                    outcome.failed[spec.id] = f"exit code {process.returncode}; see {log_path}"
-                    bar.write(f"FAILED {spec.id}: exit code {process.returncode} (log: {log_path})")
+                    outcome.failed[spec.id] = _worker_failure(spec, process.returncode, started_at)
+                    bar.write(f"FAILED {spec.id}: {first_line(outcome.failed[spec.id])}")
     finally:
         for process in running:  # interrupted: stop the runs this sweep started; they resume next time
             process.terminate()
@@ -316,8 +379,24 @@ def _run_parallel(todo: Sequence[RunSpec], gpus: int, keep_going: bool, bar: _Ba
             process.wait()
 
 
+def _worker_failure(spec: RunSpec, code: int, started: str) -> str:
+    """A failed worker's error: what it recorded in ``failed.json`` since ``started``, or (killed, crashed) its exit
+    code, recorded."""
+    log_path = spec.run_dir / runs.SWEEP_LOG
+    try:
+        recorded = runs.read_json(spec.run_dir / runs.FAILED, "a run's failure record")
+    except runs.CorruptFile:
+        recorded = None
+    if recorded is not None and recorded.get("stage") == "sweep" and str(recorded.get("at", "")) >= started:
+        return f"{recorded.get('error', '?')} (log: {log_path})"
+    error = f"the worker stopped with exit code {code}; see {log_path}"
+    record_failure(spec, error)
+    return error
+
+
 def worker_main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run one written run spec (the ``gpus > 0`` worker); exit code BUSY_EXIT when another process holds it."""
+    """Run one written run spec (the ``gpus > 0`` worker); exit code BUSY_EXIT when another process holds it. A
+    failure is recorded in the run's ``failed.json`` (exit code 1); success removes an earlier one."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 1:
         print(f"usage: python -m promptclip.bench.sweep RUN_DIR/{runs.SWEEP_SPEC}", file=sys.stderr)
@@ -330,6 +409,11 @@ def worker_main(argv: Optional[Sequence[str]] = None) -> int:
     except runs.RunBusy as err:
         log.warning("%s", err)
         return BUSY_EXIT
+    except Exception as err:  # noqa: BLE001  (recorded for the sweep that started this worker)
+        record_failure(spec, error_text(err))
+        log.error("FAILED %s: %s\n%s", spec.id, error_text(err), traceback.format_exc())
+        return 1
+    (spec.run_dir / runs.FAILED).unlink(missing_ok=True)
     log.info("%s", summary_line(spec, result, evaluations, time.time() - started, validation))
     return 0
 

@@ -9,7 +9,7 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import DataError
 from ..utils import atomic_write_text
@@ -36,25 +36,39 @@ def dataset_checksum(ds: Dataset) -> str:
     return h.hexdigest()[:16]
 
 
-def sample_per_class(items: Sequence[Item], k: int, rng: random.Random, warn_name: str = "") -> List[Item]:
-    """Draw ``k`` items per class (all of them, with one warning naming the classes, where a class has fewer).
+def content_signature(ds: Dataset) -> Dict[str, dict]:
+    """``{"train"|"val": {"items": n, "sha256": digest}}`` over each item's relative path, label, file size and
+    modification time (ns): what a run read, so changed images are noticed. Sizes and mtimes stand in for a content
+    hash, which would read every image at each start; a missing file counts as size -1."""
+    signature = {}
+    for split in ("train", "val"):
+        h = hashlib.sha256()
+        items = ds.split(split)
+        for item in items:
+            try:
+                stat = os.stat(item.path)
+                size, mtime = stat.st_size, stat.st_mtime_ns
+            except OSError:
+                size, mtime = -1, 0
+            h.update(f"{_relative(item.path, ds.root)}\t{item.label}\t{size}\t{mtime}\n".encode())
+        signature[split] = {"items": len(items), "sha256": h.hexdigest()}
+    return signature
+
+
+def sample_per_class(items: Sequence[Item], k: int, rng: random.Random) -> Tuple[List[Item], Dict[int, int]]:
+    """``k`` items per class, and ``{label: number of items}`` of the classes that have fewer (they give all theirs).
 
     Classes are visited in order of first appearance, each with ``rng.sample(group, k)``, as the reference does.
     """
     chosen: List[Item] = []
-    short = {}
+    short: Dict[int, int] = {}
     for label, group in items_per_class(list(items)).items():
         if len(group) < k:
             short[label] = len(group)
             chosen.extend(group)
         else:
             chosen.extend(rng.sample(group, k))
-    if short and warn_name:
-        shown = ", ".join(f"class {label} has only {n}" for label, n in list(short.items())[:5])
-        more = f" and {len(short) - 5} more" if len(short) > 5 else ""
-        log.warning("%s: %d class(es) have fewer images than the %d shots (%s%s); using all of their images.",
-                    warn_name, len(short), k, shown, more)
-    return chosen
+    return chosen, short
 
 
 def draw_path(cache_dir: Path, ds: Dataset, shots: int, seed: int, checksum: Optional[str] = None) -> Path:
@@ -67,17 +81,25 @@ def draw_path(cache_dir: Path, ds: Dataset, shots: int, seed: int, checksum: Opt
 
 
 def few_shot(ds: Dataset, shots: int, seed: int, cache_dir: Optional[Path] = None) -> Dataset:
-    """The ``shots``-per-class training set (and ``min(shots, 4)``-per-class validation set) for ``seed``.
+    """The ``shots``-per-class training set (and ``min(shots, 4)``-per-class validation set) for ``seed``; see
+    :func:`draw_few_shot`."""
+    return draw_few_shot(ds, shots, seed, cache_dir)[0]
+
+
+def draw_few_shot(ds: Dataset, shots: int, seed: int, cache_dir: Optional[Path] = None
+                  ) -> Tuple[Dataset, Dict[int, int]]:
+    """The few-shot dataset for ``seed``, and its shortfall: ``{label: images}`` of the classes with fewer training
+    images than ``shots`` (they keep all of theirs).
 
     A dataset whose val split is its test split (``val_is_test``, ImageNet) keeps that split whole, as the reference
     does.
 
-    With ``cache_dir`` the draw is stored as JSON of paths relative to the dataset folder, keyed by the dataset's
-    content, and reused (also after the data root moved); one made by another version of the sampling rule is
-    drawn again (with a warning) and replaced.
+    With ``cache_dir`` the draw is stored as JSON of paths relative to the dataset folder, with its shortfall, keyed
+    by the dataset's content, and reused (also after the data root moved); one made by another version of the
+    sampling rule is drawn again (with a warning) and replaced.
     """
     if shots is None or shots <= 0:
-        return ds
+        return ds, {}
     checksum = dataset_checksum(ds)
     path = draw_path(cache_dir, ds, shots, seed, checksum) if cache_dir else None
     draw = None
@@ -99,20 +121,52 @@ def few_shot(ds: Dataset, shots: int, seed: int, cache_dir: Optional[Path] = Non
                             f"Delete that file to draw again.")
         to_item = lambda rel_label: Item(str(ds.root / rel_label[0]), int(rel_label[1]))  # noqa: E731
         val = ds.val if ds.val_is_test else [to_item(x) for x in draw["val"]]
-        return ds.replace(train=[to_item(x) for x in draw["train"]], val=val)
+        return ds.replace(train=[to_item(x) for x in draw["train"]], val=val), _stored_shortfall(draw, path, ds,
+                                                                                                 shots)
 
     rng = random.Random(seed)
-    train = sample_per_class(ds.train, shots, rng, warn_name=f"{ds.name} train")
-    val = sample_per_class(ds.val, min(shots, 4), rng) if ds.val and not ds.val_is_test else ds.val
+    train, short = sample_per_class(ds.train, shots, rng)
+    val = sample_per_class(ds.val, min(shots, 4), rng)[0] if ds.val and not ds.val_is_test else ds.val
     if path is not None:
         draw = {
             "dataset": ds.name, "shots": shots, "seed": seed, "algorithm": DRAW_ALGORITHM,
-            "dataset_checksum": checksum,
+            "dataset_checksum": checksum, "shortfall": {str(label): n for label, n in short.items()},
             "train": [[_relative(i.path, ds.root), i.label] for i in train],
             "val": [] if ds.val_is_test else [[_relative(i.path, ds.root), i.label] for i in val],
         }
         atomic_write_text(path, json.dumps(draw, indent=0))
-    return ds.replace(train=train, val=val)
+    return ds.replace(train=train, val=val), short
+
+
+def _stored_shortfall(draw: dict, path: Path, ds: Dataset, shots: int) -> Dict[int, int]:
+    """A stored draw's shortfall; a draw written before draws recorded it gets it counted from ``ds``."""
+    if "shortfall" not in draw:
+        return {label: len(g) for label, g in items_per_class(ds.train).items() if len(g) < shots}
+    try:
+        short = {int(label): int(n) for label, n in draw["shortfall"].items()}
+    except (AttributeError, TypeError, ValueError):
+        short = None
+    if short is None or not all(0 <= label < ds.num_classes for label in short):
+        raise DataError(f"The few-shot draw {path} is damaged: its shortfall is not {{label: images}} of this "
+                        f"dataset's classes. Delete that file to draw again.")
+    return short
+
+
+def shortfall(ds: Dataset, short: Dict[int, int], shots: int, used: Dataset) -> Optional[dict]:
+    """``{"shots": K, "of": N, "classes": {classname: images}}`` for the classes of ``used`` (``ds`` after class
+    subsampling; N is its number of classes) that had fewer training images than the shots; None when none had."""
+    counts = {ds.classnames[label]: n for label, n in short.items()}
+    classes = {name: counts[name] for name in used.classnames if name in counts}
+    return {"shots": shots, "of": used.num_classes, "classes": classes} if classes else None
+
+
+def describe_shortfall(name: str, record: dict) -> str:
+    """The warning for a :func:`shortfall` record: how many classes, which ones, and what was done."""
+    classes = list(record["classes"].items())
+    shown = ", ".join(f"{cls!r} has {n}" for cls, n in classes[:5])
+    more = f" and {len(classes) - 5} more" if len(classes) > 5 else ""
+    return (f"{name}: {len(classes)} of the {record['of']} classes in use have fewer training images than the "
+            f"{record['shots']} shots ({shown}{more}); using all of their images.")
 
 
 def base_new_split(labels: Sequence[int]):

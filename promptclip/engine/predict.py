@@ -9,7 +9,7 @@ from PIL import Image
 
 from ..data.loaders import open_image, transform_for
 from ..errors import DataError
-from .precision import resolve_device
+from ..devices import resolve_device
 from .prompts import load_prompts, read_meta
 
 

@@ -22,11 +22,12 @@ from ..backbone import FrozenCLIP
 from ..callbacks import build_callbacks
 from ..config import Config, load_resolved, to_yaml
 from ..data.base import Dataset
-from ..data.fewshot import dataset_checksum, few_shot, subsample_classes
+from ..data.fewshot import (content_signature, dataset_checksum, describe_shortfall, draw_few_shot, shortfall,
+                            subsample_classes)
 from ..data.loaders import eval_loader, transform_for
 from ..data.reading import load_dataset
 from ..errors import ConfigError, PromptclipError, TrainingError, UnregisteredInConfig
-from ..learners.base import build_learner
+from ..learners.base import build_learner, check_architecture
 from ..losses import PrepareContext
 from ..model import PromptedCLIP
 from ..registry import LEARNERS, LOSSES
@@ -34,9 +35,9 @@ from ..utils import atomic_write_json, seed_everything, versions
 from .cache import TrainingViews, feature_loader, frozen_features
 from .distributed import Distributed
 from .evaluation import metrics_from_predictions, predict_loader
-from .precision import resolve_device, resolve_precision
+from ..devices import resolve_device, resolve_precision
 from .prompts import load_prompts, save_prompts
-from .trainer import console_through_bars, show_bars, train
+from .trainer import console_loggers, console_through_bars, show_bars, train
 
 log = logging.getLogger("promptclip")
 
@@ -44,16 +45,35 @@ log = logging.getLogger("promptclip")
 def prepare_data(cfg: Config, shots: Optional[int] = None, subsample: Optional[str] = None,
                  split_dir: Optional[Path] = None) -> Dataset:
     """Read the dataset, draw the few-shot split (before class subsampling, as the reference does), subsample."""
+    return prepare_run_data(cfg, shots, subsample, split_dir)[0]
+
+
+def prepare_run_data(cfg: Config, shots: Optional[int] = None, subsample: Optional[str] = None,
+                     split_dir: Optional[Path] = None, quiet: bool = False) -> Tuple[Dataset, Optional[dict]]:
+    """:func:`prepare_data`, and the draw's shortfall among the classes in use (a :func:`~promptclip.data.fewshot.
+    shortfall` record, None when every class has the shots), logged each time the draw is used (unless ``quiet``:
+    a finished run's data read again only to check it is unchanged)."""
     ds = load_dataset(cfg.data.name, cfg.data.root, split_dir=split_dir, **cfg.data.options)
-    for note in ds.notes:
+    for note in ds.notes if not quiet else ():
         log.info("%s", note)
     shots = cfg.data.shots if shots is None else shots
+    short: Dict[int, int] = {}
     if shots > 0 and ds.train:
-        ds = few_shot(ds, shots, cfg.seed, Path(cfg.output.cache_dir))
-    return subsample_classes(ds, cfg.data.subsample if subsample is None else subsample)
+        ds, short = draw_few_shot(ds, shots, cfg.seed, Path(cfg.output.cache_dir))
+    used = subsample_classes(ds, cfg.data.subsample if subsample is None else subsample)
+    record = shortfall(ds, short, shots, used)
+    if record is not None and not quiet:
+        log.warning("%s", describe_shortfall(f"{used.name} train", record))
+    return used, record
+
+
+def data_signature(cfg: Config, dataset: Dataset) -> dict:
+    """The signature of the training data a run of ``cfg`` reads (empty for one that reads none, e.g. zero-shot)."""
+    return content_signature(dataset) if runs.effective_shots(cfg) != 0 else {}
 
 
 def build_model(cfg: Config, backbone: FrozenCLIP, dataset: Dataset) -> PromptedCLIP:
+    check_architecture(backbone.architecture, *[c for c in (cfg.text, cfg.vision) if c is not None])  # all at once
     text = build_learner(cfg.text, backbone, dataset.classnames, dataset.template, dataset.name)
     vision = build_learner(cfg.vision, backbone, dataset.classnames, dataset.template, dataset.name) if cfg.vision \
         else None
@@ -70,9 +90,16 @@ def run(cfg: Config, progress: bool = True, on_epoch_end: Optional[Callable[[int
     """Train and evaluate one configuration; returns (and writes) its result.
 
     A finished run with the same settings is read back; an interrupted one resumes. A folder holding a run made with
-    other settings is an error (``replace=True`` deletes that run first). The main process holds the run's lock.
-    Launched by torchrun and given no ``distributed``, the process joins the process group for this run (one DDP
-    run; the other processes return ``{}`` and log only warnings).
+    other settings is an error (``replace=True`` deletes that run first). A run that fails before it trains leaves
+    no folder and no lock behind. The main process holds the run's lock. Launched by torchrun and given no
+    ``distributed``, the process joins the process group for this run (one DDP run; the other processes return
+    ``{}`` and log only warnings).
+
+    The run's log lines go to the console and to the run folder's ``log.txt`` alike. ``progress`` shows progress on
+    the console: bars on a terminal (the lines they stand for go to ``log.txt`` only), plain lines elsewhere. Off,
+    no bars: the lines go to ``log.txt`` and to the console handlers the caller set up (the CLI's ``--no-progress``).
+    Called from Python with no console handler, the run adds one on stderr while it lasts (warnings only with
+    ``progress`` off) and logs at INFO unless the ``promptclip`` logger's level was set.
     """
     joined = distributed is None and Distributed.launched()
     if joined:
@@ -81,12 +108,32 @@ def run(cfg: Config, progress: bool = True, on_epoch_end: Optional[Callable[[int
     level = log.level
     if quiet:
         log.setLevel(logging.WARNING)
+    elif level == logging.NOTSET:
+        log.setLevel(logging.INFO)
     try:
-        return _run_locked(cfg, progress and not quiet, on_epoch_end, backbone, distributed, replace)
+        with _console(progress and not quiet):
+            return _run_locked(cfg, progress and not quiet, on_epoch_end, backbone, distributed, replace)
     finally:
         log.setLevel(level)
         if joined:
             distributed.close()
+
+
+@contextlib.contextmanager
+def _console(progress: bool):
+    """A stderr handler for promptclip's lines while the run lasts, where none prints them to a console yet (a
+    Python caller that configured no logging); with ``progress`` off it shows only warnings."""
+    if console_loggers():
+        yield
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[promptclip] %(message)s"))
+    handler.setLevel(logging.NOTSET if progress else logging.WARNING)
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
 
 
 def _run_locked(cfg: Config, progress: bool, on_epoch_end, backbone, distributed, replace: bool) -> dict:
@@ -96,19 +143,26 @@ def _run_locked(cfg: Config, progress: bool, on_epoch_end, backbone, distributed
     run_dir = runs.default_run_dir(cfg)
     identity = runs.Identity.of(cfg)
     is_main = distributed is None or distributed.is_main
-    with runs.RunLock(run_dir) if is_main else contextlib.nullcontext():
-        state = _claim(run_dir, identity, replace, distributed)
+    lock = runs.RunLock(run_dir)
+    with lock if is_main else contextlib.nullcontext(), _run_log(run_dir if is_main else None) as own:
+        state = _claim(run_dir, identity, replace, distributed,
+                       lambda: data_signature(cfg, prepare_run_data(cfg, split_dir=run_dir, quiet=True)[0]))
         if state.status == "done":
             log.info("%s already finished on %s with these settings; reusing its result.", run_dir,
                      state.result.get("finished_at", "an earlier date"))
             return state.result if is_main else {}
-        with _run_log(run_dir if is_main else None) as own, console_through_bars(show_bars(progress)):
-            try:
-                return _run(cfg, run_dir, identity, is_main, progress, on_epoch_end, backbone, distributed, own)
-            except TrainingError as err:
-                if is_main and (run_dir / runs.IDENTITY).is_file():
+        try:
+            with console_through_bars(show_bars(progress)):
+                return _run(cfg, run_dir, identity, state, is_main, progress, on_epoch_end, backbone, distributed,
+                            own)
+        except BaseException as err:
+            if is_main and (run_dir / runs.IDENTITY).is_file():
+                if isinstance(err, TrainingError):
                     atomic_write_json(run_dir / runs.FAILED, {"error": str(err), "at": runs.now()})
-                raise
+            elif is_main:  # stopped before the folder became this run's: take back what it wrote
+                runs.clear(run_dir)
+                lock.leave_nothing()
+            raise
 
 
 @contextlib.contextmanager
@@ -135,24 +189,32 @@ def _run_log(run_dir: Optional[Path]):
         held.close()
 
 
-def _claim(run_dir: Path, identity: runs.Identity, replace: bool, distributed) -> runs.RunState:
-    """Decide (on the main process) whether the folder is reused, resumed, or started clean; share the decision."""
+def _claim(run_dir: Path, identity: runs.Identity, replace: bool, distributed,
+           signature: Callable[[], dict]) -> runs.RunState:
+    """Decide (on the main process) whether the folder is reused, resumed, or started clean; share the decision.
+    ``replace`` starts clean whatever the folder holds; a finished run is reused only if ``signature()`` (its
+    training data now) is what it read."""
     def decide() -> runs.RunState:
         state = runs.run_state(run_dir, identity)
-        if state.status in ("other", "corrupt") and replace:
-            log.warning("Replacing the run in %s (--replace).", run_dir)
+        if replace:
+            if state.status != "new":
+                log.warning("Replacing the run in %s (--replace).", run_dir)
+            state.status = "new"
+        elif state.status == "done" and state.stored.data and (
+                changed := runs.data_changes(state.stored, signature(), run_dir)):
+            raise runs.RunMismatch(f"{changed}\n{_NOT_REUSED}")
         elif state.status == "other" and state.failure is not None:
             log.info("%s holds a failed run with other settings; starting clean.", run_dir)
         elif state.status == "other":
             raise runs.RunMismatch(runs.mismatch_message(state))
         elif state.status == "corrupt" and state.stored is not None:
-            log.warning("%s Redoing the run: its settings are the same.", state.problem)
+            log.warning("%s Its settings are the same: redoing it now.", state.problem)
         elif state.status == "corrupt":
             raise runs.CorruptFile(f"{state.problem} Its settings are unknown: use --replace to redo the run in "
                                    f"this folder, or another folder (output.dir=...).")
         elif state.status == "failed":
             log.warning("%s failed before with these same settings (%s); resuming from its last good checkpoint "
-                        "will likely fail again.", run_dir, state.failure.get("error", "?").split(". ")[0])
+                        "will likely fail again.", run_dir, str(state.failure.get("error", "?")).split(". ")[0])
             (run_dir / runs.FAILED).unlink(missing_ok=True)
             state.status = "resume"
         if state.status in ("other", "corrupt", "new"):
@@ -174,15 +236,36 @@ def _claim(run_dir: Path, identity: runs.Identity, replace: bool, distributed) -
     return outcome
 
 
-def _run(cfg: Config, run_dir: Path, identity: runs.Identity, is_main: bool, progress: bool,
+_NOT_REUSED = ("It is neither reused nor resumed. Redo it on the data as it is now with --replace (deletes its "
+               "results and checkpoint), or keep it and give the new run a folder of its own (output.dir=NEW_FOLDER).")
+
+
+def _elapsed_before(run_dir: Path, state: runs.RunState) -> float:
+    """Seconds the earlier segments of a resumed run spent (0 for a new one, or when the record is unreadable)."""
+    if state.status != "resume":
+        return 0.0
+    try:
+        record = runs.read_json(run_dir / runs.ELAPSED, "a run's elapsed time", ("seconds",))
+    except runs.CorruptFile as err:
+        log.warning("%s Counting train_seconds from this segment only.", err)
+        return 0.0
+    seconds = record.get("seconds") if record else 0.0
+    return float(seconds) if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else 0.0
+
+
+def _run(cfg: Config, run_dir: Path, identity: runs.Identity, state: runs.RunState, is_main: bool, progress: bool,
          on_epoch_end: Optional[Callable[[int], None]], backbone: Optional[FrozenCLIP], distributed,
          own: Callable[[], None]) -> dict:
     device = distributed.device if distributed is not None else resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     bars = show_bars(progress)
     seed_everything(cfg.seed)
-    started = time.time()
-    dataset = prepare_data(cfg, split_dir=run_dir)
+    started = time.time() - _elapsed_before(run_dir, state)  # train_seconds sums every segment of the run
+    dataset, short = prepare_run_data(cfg, split_dir=run_dir)
+    identity.data = data_signature(cfg, dataset)
+    if state.stored is not None and (changed := runs.data_changes(state.stored, identity.data, run_dir)):
+        raise runs.RunMismatch(f"{changed}\n{_NOT_REUSED}")
+    shortfall_field = {"shortfall": short} if short is not None else {}
     backbone = backbone if backbone is not None else load_backbone(cfg, device)
     closed_form = LEARNERS.get(cfg.text.name)
     if closed_form.fits_in_closed_form:  # e.g. the linear probe: fitted on frozen features instead of prompts
@@ -194,7 +277,7 @@ def _run(cfg: Config, run_dir: Path, identity: runs.Identity, is_main: bool, pro
         runs.write_identity(run_dir, identity, to_yaml(cfg))
         own()
         fields = closed_form.fit(cfg, backbone, dataset, device, precision, run_dir, bars)
-        return _finish(run_dir, cfg, identity, dataset, {**fields, "precision": precision,
+        return _finish(run_dir, cfg, identity, dataset, {**shortfall_field, **fields, "precision": precision,
                                                          "train_seconds": round(time.time() - started, 2)})
     model = build_model(cfg, backbone, dataset).to(device)
     log.info("%s on %s (%d classes, %d training images): %s", cfg.method_name, dataset.name,
@@ -215,15 +298,22 @@ def _run(cfg: Config, run_dir: Path, identity: runs.Identity, is_main: bool, pro
         runs.write_identity(run_dir, identity, to_yaml(cfg))
         own()
     last = {}
+
+    def epoch_done(epoch: int) -> None:
+        if is_main:
+            atomic_write_json(run_dir / runs.ELAPSED, {"seconds": round(time.time() - started, 2)})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+
     if cfg.train.epochs > 0 and not model.trainable_parameters():
         log.info("%s has no parameters to train: evaluating only.", cfg.method_name)
     elif cfg.train.epochs > 0:
-        last = train(model, dataset.train, cfg, device, precision, run_dir, progress, on_epoch_end,
+        last = train(model, dataset.train, cfg, device, precision, run_dir, progress, epoch_done,
                      views=views if not model.prompts_vision or model.compares_to_frozen_images else None,
                      callbacks=callbacks,
                      **(distributed.train_hooks(dataset.train, cfg) if distributed is not None else {}))
-    fields = {"num_parameters": sum(p.numel() for p in model.trainable_parameters()), "train_loss": last.get("loss"),
-              "precision": precision, "train_seconds": round(time.time() - started, 2)}
+    fields = {**shortfall_field, "num_parameters": sum(p.numel() for p in model.trainable_parameters()),
+              "train_loss": last.get("loss"), "precision": precision, "train_seconds": round(time.time() - started, 2)}
     if cfg.train.evaluate:  # every process evaluates its shard when distributed
         fields["test"] = evaluate_model(model, dataset, cfg, device, precision, bars, distributed=distributed)
     if not is_main:
@@ -346,7 +436,7 @@ def stored_evaluation(run_dir: Path, out: Path, metrics_key: str, force: bool, e
     """The evaluation stored in ``out`` (with ``"cached": true``) unless ``force`` or it is missing or damaged;
     otherwise ``evaluate()``, run while holding the run's lock, written to ``out``."""
     try:
-        cached = runs.read_json(out, "an evaluation result", (metrics_key,)) if not force else None
+        cached = runs.read_scored(out, "an evaluation result", metrics_key) if not force else None
     except runs.CorruptFile as err:
         log.warning("%s Evaluating again.", err)
         cached = None

@@ -1,5 +1,5 @@
 """The training loop: SGD/AdamW, warm-up + cosine per epoch, autocast, accumulation, resumable checkpoints, and its
-progress (bars on a terminal, plain log lines elsewhere)."""
+progress (log lines, which go to the run's log.txt, and on a terminal bars that show them on the console)."""
 from __future__ import annotations
 
 import contextlib
@@ -14,7 +14,6 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 from tqdm.auto import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..callbacks import Callback
 from ..config import Config, OptimConfig
@@ -120,11 +119,53 @@ def show_bars(progress: bool) -> bool:
     return progress and sys.stderr.isatty()
 
 
+#: set on the records of progress lines: while bars are drawn they go to ``log.txt`` but not to the console
+PROGRESS_LINE = "promptclip_progress_line"
+
+
+def _is_console(handler: logging.Handler) -> bool:
+    return isinstance(handler, logging.StreamHandler) and any(
+        handler.stream is stream for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__))
+
+
+def console_loggers() -> List[logging.Logger]:
+    """promptclip's logger and those its lines propagate to, where a handler prints them on stdout or stderr."""
+    found, logger = [], log
+    while logger is not None:
+        if any(_is_console(h) for h in logger.handlers):
+            found.append(logger)
+        logger = logger.parent if logger.propagate else None
+    return found
+
+
+class _AboveBars(logging.Handler):
+    """A console handler's lines printed above the bars (``tqdm.write``), so a log line never breaks a bar; the
+    progress lines, which the bars show, are left out."""
+
+    def __init__(self, console: logging.StreamHandler):
+        super().__init__(console.level)
+        self.console = console
+        self.filters = [*console.filters, lambda record: not getattr(record, PROGRESS_LINE, False)]
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.console.format(record), file=self.console.stream)
+        except Exception:  # noqa: BLE001  (logging's own rule: a failing handler reports, never raises)
+            self.handleError(record)
+
+
+@contextlib.contextmanager
 def console_through_bars(bars: bool):
-    """While bars are drawn, console log handlers print through tqdm, so a log line never breaks a bar."""
-    consoles = [logger for logger in (log, logging.getLogger()) if any(
-        isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr) for h in logger.handlers)]
-    return logging_redirect_tqdm(consoles) if bars and consoles else contextlib.nullcontext()
+    """While bars are drawn, console handlers print through tqdm and leave the progress lines to the other handlers
+    (``log.txt``); without bars, nothing changes."""
+    swapped = [(logger, list(logger.handlers)) for logger in console_loggers()] if bars else []
+    for logger, handlers in swapped:
+        logger.handlers = [_AboveBars(h) if _is_console(h) else h for h in handlers]
+    try:
+        yield
+    finally:
+        for logger, handlers in swapped:
+            logger.handlers = handlers
 
 
 def duration(seconds: float) -> str:
@@ -136,13 +177,12 @@ def duration(seconds: float) -> str:
 
 
 class Progress:
-    """Training progress: on a terminal an epoch bar and a step bar (rate, ETA); elsewhere a log line every
-    ``LINE_EVERY_STEPS`` steps or ``LINE_EVERY_SECONDS`` seconds and one per finished epoch; with ``progress`` off,
-    nothing."""
+    """Training progress: a log line every ``LINE_EVERY_STEPS`` steps or ``LINE_EVERY_SECONDS`` seconds and one per
+    finished epoch, always (they go to ``log.txt``); with ``progress`` on a terminal, also an epoch bar and a step bar
+    (rate, ETA), which show those lines on the console in their place (:func:`console_through_bars`)."""
 
     def __init__(self, progress: bool, desc: str, start: int, epochs: int):
         self.bars = show_bars(progress)
-        self.lines = progress and not self.bars
         self.epochs = epochs
         self.epoch_bar = tqdm(total=epochs, initial=start, desc=desc, unit="epoch", leave=False,
                               disable=not self.bars, dynamic_ncols=True)
@@ -164,21 +204,20 @@ class Progress:
         self.step_bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.1f}", refresh=False)
         self.step_bar.update(1)
         now = time.time()
-        if self.lines and step + 1 < self.steps and ((step + 1) % LINE_EVERY_STEPS == 0
-                                                     or now - self.last_line >= LINE_EVERY_SECONDS):
+        due = (step + 1) % LINE_EVERY_STEPS == 0 or now - self.last_line >= LINE_EVERY_SECONDS
+        if step + 1 < self.steps and due:
             self.last_line = now
             log.info("epoch %d/%d step %d/%d loss %.3f acc %.1f%% lr %.4g eta %s", self.epoch + 1, self.epochs,
-                     step + 1, self.steps, loss, accuracy, self.lr, self.eta(step))
+                     step + 1, self.steps, loss, accuracy, self.lr, self.eta(step), extra={PROGRESS_LINE: True})
 
     def end_epoch(self, metrics: dict) -> None:
         self.step_bar.close()
         self.epoch_bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['train_accuracy']:.1f}",
                                    refresh=False)
         self.epoch_bar.update(1)
-        if self.lines:
-            log.info("epoch %d/%d done: loss %.3f acc %.1f%% lr %.4g (%s), eta %s", self.epoch + 1, self.epochs,
-                     metrics["loss"], metrics["train_accuracy"], self.lr, duration(metrics["seconds"]),
-                     self.eta(self.steps - 1))
+        log.info("epoch %d/%d done: loss %.3f acc %.1f%% lr %.4g (%s), eta %s", self.epoch + 1, self.epochs,
+                 metrics["loss"], metrics["train_accuracy"], self.lr, duration(metrics["seconds"]),
+                 self.eta(self.steps - 1), extra={PROGRESS_LINE: True})
 
     def close(self) -> None:
         if self.step_bar is not None:

@@ -12,7 +12,7 @@ from typing import ClassVar, List, Optional, Tuple
 import torch
 from torch import nn
 
-from ..backbone import FrozenCLIP, VisionPrompts
+from ..backbone import Architecture, FrozenCLIP, VisionPrompts
 from ..errors import ConfigError
 from ..registry import LEARNERS
 
@@ -50,6 +50,13 @@ class Learner(nn.Module):
         result fields (``test`` metrics included when ``cfg.train.evaluate``)."""
         raise NotImplementedError(f"{cls.__name__} trains by gradient steps, not in closed form.")
 
+    @classmethod
+    def architecture_problems(cls, cfg, arch: Architecture) -> List[str]:
+        """What of ``cfg`` the backbone ``arch`` cannot run (more prompted layers than a tower has ...), one phrase
+        each; :func:`check_architecture` joins them. Read from the model config, so a dry run checks before any
+        weights load."""
+        return []
+
     def __init__(self, cfg, backbone: FrozenCLIP, classnames: List[str], template: str = "a photo of a {}.",
                  dataset: str = ""):
         super().__init__()
@@ -75,6 +82,27 @@ class Learner(nn.Module):
     def vision_prompts(self, backbone: FrozenCLIP) -> Optional[VisionPrompts]:
         """Prompt tokens for the image tower, or None."""
         return None
+
+
+def config_problems(cfg, arch: Architecture) -> List[str]:
+    """Every problem of a run config's learners (``cfg.text``, ``cfg.vision``) on the backbone ``arch``."""
+    learners = [c for c in (cfg.text, cfg.vision) if c is not None]
+    problems = [] if arch.text_layers is not None or cfg.text is None else [
+        f"{arch.name}'s text tower is not a causal CLIP transformer with EOT pooling, which prompt learning needs"]
+    return problems + [p for c in learners for p in LEARNERS.get(c.name).architecture_problems(c, arch)]
+
+
+def architecture_error(arch: Architecture, problems: List[str]) -> str:
+    """One message for all of ``problems``, with the way out."""
+    return (f"{arch.name} cannot run these settings: {'; '.join(problems)}. Lower them, or use a deeper backbone "
+            f"(offline: model.name=tiny-vit-deep, 12 layers per tower).")
+
+
+def check_architecture(arch: Architecture, *learner_cfgs) -> None:
+    """Raise one :class:`ConfigError` listing every problem of ``learner_cfgs`` on ``arch`` (none: return)."""
+    problems = [p for c in learner_cfgs for p in LEARNERS.get(c.name).architecture_problems(c, arch)]
+    if problems:
+        raise ConfigError(architecture_error(arch, problems))
 
 
 def build_learner(cfg, backbone: FrozenCLIP, classnames: List[str], template: str, dataset: str = "") -> Learner:

@@ -20,12 +20,17 @@ Init = Literal["normal", "uniform"]
 INITS = get_args(Init)
 
 
-def check_depth(depth: int, num_layers: int, option: str, tower: str, model: str) -> int:
-    """``depth`` (layers with their own prompts, counted from the input) if the tower has that many layers."""
-    if not 1 <= depth <= num_layers:
-        raise ConfigError(f"{option}={depth}, but the {tower} tower of {model} has {num_layers} layers: "
-                          f"use 1..{num_layers}.")
-    return depth
+def depth_problems(depth: int, num_layers: Optional[int], option: str, tower: str) -> List[str]:
+    """``[why]`` if ``depth`` prompted layers (counted from the input) do not fit a tower of ``num_layers``, else
+    ``[]``; a tower prompts cannot reach (``None``) is reported by the check of that tower."""
+    if num_layers is None or 1 <= depth <= num_layers:
+        return []
+    return [f"{option}={depth} > {num_layers} {tower} layers (use 1..{num_layers})"]
+
+
+def vision_problems(arch) -> List[str]:
+    """``[why]`` if the image tower of ``arch`` cannot take vision prompts (not a class-token ViT), else ``[]``."""
+    return [arch.vision_problem] if arch.vision_problem else []
 
 
 class LayerPrompts(nn.Module):
@@ -61,9 +66,9 @@ class DeepTextLearner(Learner):
     Subclasses call :meth:`_build_text` and add the vision side.
     """
 
-    def _build_text(self, backbone: FrozenCLIP, n_ctx: int, depth: int, init: Optional[str], option: str,
+    def _build_text(self, backbone: FrozenCLIP, n_ctx: int, depth: int, init: Optional[str],
                     std: float = 0.02, n_option: str = "text.n_ctx") -> None:
-        check_depth(depth, backbone.num_text_layers, option, "text", backbone.name)
+        """The text prompts; ``depth`` was checked against the tower by :func:`check_architecture`."""
         ctx, self.infix = initial_context(backbone, n_ctx, init, std, n_option)
         self.ctx = nn.Parameter(ctx)
         self.text_deep = LayerPrompts(range(1, depth), n_ctx, backbone.text_width, scale=std)

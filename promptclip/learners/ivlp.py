@@ -7,8 +7,8 @@ from typing import Optional
 from ..backbone import VisionPrompts
 from ..config import bounded
 from ..errors import ConfigError
-from .base import LEARNERS, LearnerConfig
-from .deep import DeepTextLearner, LayerPrompts, check_depth
+from .base import LEARNERS, LearnerConfig, check_architecture
+from .deep import DeepTextLearner, LayerPrompts, depth_problems, vision_problems
 from .prompts import check_init_words
 
 
@@ -44,18 +44,26 @@ class IVLP(DeepTextLearner):
     Config = IVLPConfig
     sides = ("text", "vision")
 
+    @classmethod
+    def architecture_problems(cls, cfg, arch):
+        problems = depth_problems(cfg.text_depth, arch.text_layers, "text.text_depth", "text")
+        if cfg.n_vision > 0:
+            problems += vision_problems(arch) + depth_problems(cfg.vision_depth, arch.vision_layers,
+                                                               "text.vision_depth", "vision")
+        return problems
+
     def __init__(self, cfg, backbone, classnames, template="a photo of a {}.", dataset=""):
         super().__init__(cfg, backbone, classnames, template, dataset)
         if cfg.n_text < 1:
             raise ConfigError("IVLP needs text prompts (text.n_text >= 1). For vision-only deep prompting use "
                               "text.name=zeroshot with vision.name=vpt (preset vpt_deep_clip).")
-        self._build_text(backbone, cfg.n_text, cfg.text_depth, cfg.init, "text.text_depth", cfg.init_std,
-                         "text.n_text")
         if cfg.n_vision > 0:
             backbone.require_vision_prompts("IVLP vision prompts")
-            depth = check_depth(cfg.vision_depth, backbone.num_vision_layers, "text.vision_depth", "vision",
-                                backbone.name)
-            self.vision_deep = LayerPrompts(range(depth), cfg.n_vision, backbone.vision_width, scale=cfg.init_std)
+        check_architecture(backbone.architecture, cfg)
+        self._build_text(backbone, cfg.n_text, cfg.text_depth, cfg.init, cfg.init_std, "text.n_text")
+        if cfg.n_vision > 0:
+            self.vision_deep = LayerPrompts(range(cfg.vision_depth), cfg.n_vision, backbone.vision_width,
+                                            scale=cfg.init_std)
         else:
             self.sides = ("text",)
 

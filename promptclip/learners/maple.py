@@ -10,8 +10,8 @@ from torch import nn
 from ..backbone import VisionPrompts
 from ..config import bounded
 from ..errors import ConfigError
-from .base import LEARNERS, LearnerConfig
-from .deep import DeepTextLearner, check_depth
+from .base import LEARNERS, LearnerConfig, check_architecture
+from .deep import DeepTextLearner, depth_problems, vision_problems
 from .prompts import check_init_words
 
 #: how MaPLe's couplings start: layers 1..J−1 as copies of one draw (the authors' code), or each its own draw
@@ -51,11 +51,16 @@ class MaPLe(DeepTextLearner):
     Config = MaPLeConfig
     sides = ("text", "vision")
 
+    @classmethod
+    def architecture_problems(cls, cfg, arch):
+        return (depth_problems(cfg.depth, arch.text_layers, "text.depth", "text") + vision_problems(arch)
+                + depth_problems(cfg.depth, arch.vision_layers, "text.depth", "vision"))
+
     def __init__(self, cfg, backbone, classnames, template="a photo of a {}.", dataset=""):
         super().__init__(cfg, backbone, classnames, template, dataset)
         backbone.require_vision_prompts("MaPLe prompts")
-        check_depth(cfg.depth, backbone.num_vision_layers, "text.depth", "vision", backbone.name)
-        self._build_text(backbone, cfg.n_ctx, cfg.depth, cfg.init, "text.depth")
+        check_architecture(backbone.architecture, cfg)
+        self._build_text(backbone, cfg.n_ctx, cfg.depth, cfg.init)
         self.couplings = self._build_couplings(backbone.text_width, backbone.vision_width, cfg.depth,
                                                cfg.coupling_init)
 

@@ -11,8 +11,8 @@ from torch import nn
 from ..backbone import PLACEMENTS, FrozenCLIP, VisionPrompts
 from ..config import bounded
 from ..errors import ConfigError
-from .base import LEARNERS, Learner, LearnerConfig
-from .deep import INITS, Init, LayerPrompts, check_depth
+from .base import LEARNERS, Learner, LearnerConfig, check_architecture
+from .deep import INITS, Init, LayerPrompts, depth_problems, vision_problems
 
 #: VFPT's Fourier prompts: none, or the FFT over both dimensions, the hidden one or the sequence one
 Fourier = Literal["none", "both", "hidden", "sequence"]
@@ -77,6 +77,10 @@ class VPT(Learner):
     Config = VPTConfig
     sides = ("vision",)
 
+    @classmethod
+    def architecture_problems(cls, cfg, arch):
+        return vision_problems(arch) + depth_problems(cfg.depth, arch.vision_layers, "vision.depth", "vision")
+
     def __init__(self, cfg, backbone, classnames, template="a photo of a {}.", dataset=""):
         super().__init__(cfg, backbone, classnames, template, dataset)
         backbone.require_vision_prompts("VPT prompts")
@@ -90,9 +94,9 @@ class VPT(Learner):
             raise ConfigError(f"vision.dropout_mode must be one of {DROPOUT_MODES}, not {cfg.dropout_mode!r}.")
         if not 0.0 <= cfg.fourier_fraction <= 1.0:
             raise ConfigError(f"vision.fourier_fraction must lie in [0, 1], not {cfg.fourier_fraction}.")
-        depth = check_depth(cfg.depth, backbone.num_vision_layers, "vision.depth", "vision", backbone.name)
+        check_architecture(backbone.architecture, cfg)
         scale = vpt_uniform_bound(backbone) if cfg.init == "uniform" else cfg.init_std
-        self.prompts = LayerPrompts(range(depth), cfg.n_tokens, backbone.vision_width, cfg.init, scale)
+        self.prompts = LayerPrompts(range(cfg.depth), cfg.n_tokens, backbone.vision_width, cfg.init, scale)
         self.dropout = nn.Dropout(cfg.dropout)
         self.n_fourier = math.floor(cfg.fourier_fraction * cfg.n_tokens) if cfg.fourier != "none" else 0
 
