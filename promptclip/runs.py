@@ -47,6 +47,7 @@ LOCK_OWNER = ".lock-owner.json"
 SWEEP_SPEC = "sweep-run.json"
 SWEEP_LOG = "sweep.log"
 MANIFEST_PREFIX = "protocol-"
+PROTOCOL_KINDS = ("few_shot", "base_to_new", "cross_dataset", "domain_generalization")  # a manifest's layout
 #: every file a run writes (split files generated for a dataset without one are ``split_*.json``); the sweep's own
 #: files in a run folder (SWEEP_SPEC, SWEEP_LOG) describe the request, not a result, and are not among them
 RUN_FILES = (CONFIG, IDENTITY, RESULT, FAILED, METRICS, LOG, PROMPTS, PROMPTS_META, CLASSIFIER)
@@ -437,10 +438,22 @@ def _has_work(run_dir: Path) -> bool:
     return (run_dir / RESULT).exists() or (run_dir / CHECKPOINT).exists() or (run_dir / PROMPTS).exists()
 
 
+def refuse_links(run_dir: PathLike, names: Sequence[str] = ()) -> None:
+    """A CorruptFile naming the first of a run's files or folders (``names``, default all of them) that is a symbolic
+    link: a run's files are never read or written through links, which could point anywhere."""
+    run_dir = Path(run_dir)
+    for name in names or (*RUN_FILES, CHECKPOINT_DIR, EVALS, LOCK, LOCK_OWNER, SWEEP_SPEC, SWEEP_LOG):
+        if (run_dir / name).is_symlink():
+            raise CorruptFile(f"{run_dir / name} is a symbolic link (to {os.readlink(run_dir / name)}): promptclip "
+                              f"never reads or writes a run's files through links. Remove the link, or redo the run "
+                              f"with --replace (which removes the link, never what it points to).")
+
+
 def run_state(run_dir: PathLike, identity: Identity) -> RunState:
     """The state of ``run_dir`` for a run with ``identity`` (reads only)."""
     run_dir = Path(run_dir)
     try:
+        refuse_links(run_dir)
         stored = read_identity(run_dir)
     except CorruptFile as err:
         return RunState("corrupt", run_dir, problem=str(err))
@@ -494,6 +507,8 @@ def clear(run_dir: PathLike) -> None:
     for path in run_dir.glob("split_*.json"):
         path.unlink()
     for name in (CHECKPOINT_DIR, EVALS):
+        if (run_dir / name).is_symlink():  # the link goes, never what it points to
+            (run_dir / name).unlink()
         shutil.rmtree(run_dir / name, ignore_errors=True)
 
 
@@ -520,6 +535,7 @@ class RunLock:
                 break
             created.append(folder)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        refuse_links(self.run_dir, (LOCK, LOCK_OWNER))
         lock = FileLock(str(self.run_dir / LOCK), timeout=0)
         try:
             lock.acquire()
@@ -595,6 +611,10 @@ def read_manifest(path: PathLike) -> dict:
     data = read_json(path, "a sweep manifest", ("protocol", "kind", "runs"))
     if data is None:
         raise CorruptFile(f"{path} does not exist.")
+    if path.name != f"{MANIFEST_PREFIX}{data['protocol']}.json" or data["kind"] not in PROTOCOL_KINDS:
+        raise CorruptFile(f"{path} (a sweep manifest) is damaged: its protocol {_show(data['protocol'])} or kind "
+                          f"{_show(data['kind'])} is not the one its file name and the protocol kinds allow; nothing "
+                          f"is written under names read from it. Rerun the bench command to rewrite it.")
     root = path.parent
     try:
         for run in data["runs"]:

@@ -86,6 +86,21 @@ def test_symlink_loop_and_second_link_are_skipped_with_a_note(tmp_path):
     assert os.path.join("red", "deep", "loop") in note
 
 
+def test_looping_and_broken_file_links_are_skipped_with_a_note(tmp_path):
+    """Image-named links that lead to no file (a loop of links, a broken link) would fail later with ELOOP/ENOENT."""
+    folder = fruit_folder(tmp_path / "fruit")
+    os.symlink(folder / "red" / "y.png", folder / "red" / "x.png")
+    os.symlink(folder / "red" / "x.png", folder / "red" / "y.png")
+    os.symlink(tmp_path / "gone.png", folder / "green_pear" / "z.jpg")
+    os.symlink(folder / "red" / "0.png", folder / "green_pear" / "linked.jpg")  # a good link is an image
+    ds = load_dataset("imagefolder", folder)
+    paths = {i.path for i in ds.train + ds.val + ds.test}
+    assert len(paths) == 151 and str(folder / "green_pear" / "linked.jpg") in paths
+    note = next(n for n in ds.notes if "lead to no file" in n)
+    assert "skipped 3 symbolic links" in note and os.path.join("red", "x.png") in note
+    assert os.path.join("green_pear", "z.jpg") in note
+
+
 def test_other_files_are_skipped_with_a_note_and_hidden_ones_silently(tmp_path):
     write_images(tmp_path / c / f"{i}.jpeg" for c in ("a", "b") for i in range(3))
     (tmp_path / "a" / "notes.txt").write_text("x")

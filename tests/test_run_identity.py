@@ -67,6 +67,23 @@ def test_changed_training_images_are_not_reused_and_replace_redoes(folder, tmp_p
     assert (run_dir / runs.RESULT).stat().st_mtime_ns == redone
 
 
+def test_a_sweep_does_not_count_a_run_whose_training_images_changed_as_done(folder, tmp_path, capsys):
+    bench = ["bench", "few_shot", f"datasets=[{{name: colours, data: {{name: imagefolder, root: {folder}}}}}]",
+             "methods=[coop]", "shots=[2]", "seeds=[1]", "--no-progress",
+             *[o for o in overrides(folder, tmp_path) if not o.startswith(("data.root", "data.shots"))]]
+    assert main(bench) == 0
+    capsys.readouterr()
+    repaint(sorted((folder / "train").rglob("*.png")))
+    assert main([*bench, "--dry-run"]) == 0
+    assert "other" in capsys.readouterr().out
+    assert main(bench) == 1
+    shown = "".join(capsys.readouterr())
+    assert "1 not run (their folders hold runs made with other settings)" in shown
+    assert "the training images changed since this run was made" in shown
+    assert main([*bench, "--replace"]) == 0  # the advised fix redoes it on the data as it is now
+    assert "Done 1 runs, 0 failed" in capsys.readouterr().out
+
+
 def test_images_deleted_while_interrupted_are_not_resumed(folder, tmp_path):
     cfg = config(folder, tmp_path, **{"train.epochs": 3})
 

@@ -308,8 +308,8 @@ def test_a_manifest_pointing_outside_its_sweep_is_refused(tmp_path, bad):
         {"id": "a", "method": "coop", "dataset": "d", "subsample": "all", "shots": 1, "seed": 1, "model": "m",
          "pretrained": None, "dir": bad, "evaluations": []}]}
     (tmp_path / "protocol-x.json").write_text(json.dumps(manifest))
-    with pytest.raises(runs.CorruptFile, match="outside|not a path inside"):
-        write_report(tmp_path, plots=False)
+    (problem,) = write_report(tmp_path, plots=False).missing  # named, and the report of the others still written
+    assert str(tmp_path / "protocol-x.json") in problem and re.search("outside|not a path inside", problem)
 
 
 def test_a_worker_spec_writes_only_its_own_folder(folder, tmp_path):
@@ -401,7 +401,9 @@ def test_bench_never_counts_other_settings_or_damaged_results(folder, tmp_path):
     outcome = run_sweep(changed, progress=False)
     assert not outcome.finished and not outcome.skipped and "optim.lr: 0.002 → 0.5" in outcome.other[first.id]
     assert snapshot(first.run_dir) == kept
-    write_manifest(protocol, changed, root, ["optim.lr=0.5"])
+    with pytest.raises(ConfigError, match=r"holds another plan(.|\n)*other settings: "):
+        write_manifest(protocol, changed, root, ["optim.lr=0.5"])  # never replaced silently
+    write_manifest(protocol, changed, root, ["optim.lr=0.5"], replace=True)
     report = write_report(root, plots=False)
     assert sum("made with other settings" in line for line in report.missing) == 2
     assert len(run_sweep(changed, progress=False, replace=True).finished) == 2

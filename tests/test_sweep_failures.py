@@ -23,6 +23,12 @@ def datasets(*entries):
     return "datasets=[" + ", ".join(f"{{name: {n}, data: {{name: imagefolder, root: {r}}}}}" for n, r in entries) + "]"
 
 
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    """The sweeps here use the default output.cache_dir (relative): keep it out of the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return coloured_folder(tmp_path_factory.mktemp("data") / "colours", classes=4)
@@ -113,3 +119,30 @@ def test_the_deep_presets_train_on_the_deep_tiny_model(folder, tmp_path, capsys)
         assert json.loads((run_dir / runs.RESULT).read_text())["test"]["num_images"] > 0, method
         (evaluation,) = (run_dir / runs.EVALS).glob("colours-new-*.json")
         assert json.loads(evaluation.read_text())["test"]["num_images"] > 0, method
+
+
+def test_gpu_workers_stop_with_their_parent_on_sigterm(folder, tmp_path):
+    """``bench --gpus``: a SIGTERM to the parent (scancel, kill) stops the workers it started."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [sys.executable, "-m", "promptclip", "bench", "few_shot", datasets(("colours", folder)), "methods=[coop]",
+            "model.name=tiny-vit", "model.pretrained=null", "train.device=cpu", "train.epochs=1000", "seeds=[1]",
+            "shots=[2]", f"output.root={tmp_path / 'runs'}", f"output.cache_dir={tmp_path / 'cache'}",
+            "--no-progress", "--gpus", "1"]
+    parent = subprocess.Popen(args, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children_file = Path(f"/proc/{parent.pid}/task/{parent.pid}/children")
+    deadline, workers = time.time() + 120, []
+    while not workers and time.time() < deadline and parent.poll() is None:
+        time.sleep(0.2)
+        workers = [int(p) for p in children_file.read_text().split()] if children_file.exists() else []
+    assert workers, "the sweep started no worker"
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+    for pid in workers:  # reaped by the parent: gone, not orphaned
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

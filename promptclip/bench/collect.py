@@ -296,7 +296,13 @@ def collect(directory: Path) -> Tuple[List[Sweep], List[str], List[str]]:
                               f"command, e.g. runs/few_shot) or a folder of runs.")
     manifests = sorted(directory.glob(f"{runs.MANIFEST_PREFIX}*.json"))
     if manifests:
-        return [_from_manifest(m) for m in manifests], [], []
+        sweeps, unreadable = [], []
+        for manifest in manifests:  # a damaged manifest is named; the other sweeps are still reported
+            try:
+                sweeps.append(_from_manifest(manifest))
+            except runs.CorruptFile as err:
+                unreadable.append(str(err))
+        return sweeps, unreadable, []
     return _from_results(directory)
 
 

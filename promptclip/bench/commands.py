@@ -49,6 +49,9 @@ def add_bench_commands(subparsers) -> None:
                             "failure is recorded in its run folder's failed.json and retried by the next call)")
     bench.add_argument("--replace", action="store_true",
                        help="redo runs whose folders hold runs made with other settings (deletes those runs)")
+    bench.add_argument("--merge", action="store_true",
+                       help="add this plan's runs to the sweep folder's existing plan (its protocol-NAME.json), so one "
+                            "report covers both; without it another plan there is refused, listing the differences")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     bench.set_defaults(func=bench_command)
 
@@ -75,7 +78,7 @@ def bench_command(args: argparse.Namespace) -> int:
         print_plan(plan.selected)
         return print_problems(plan.runs)
     outcome = run_planned(plan, gpus=args.gpus, fail_fast=args.fail_fast, progress=not args.no_progress,
-                          replace=args.replace)
+                          replace=args.replace, merge=args.merge)
     print(f"Done {len(outcome.finished)} runs, {len(outcome.failed)} failed, {len(outcome.skipped)} skipped "
           f"(already done), {len(outcome.busy)} busy in other processes, {len(outcome.other)} not run (their folders "
           f"hold runs made with other settings).")

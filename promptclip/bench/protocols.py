@@ -45,6 +45,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,8 @@ from ..errors import ConfigError
 from ..registry import LEARNERS, suggest
 from ..utils import atomic_write_json
 
+log = logging.getLogger("promptclip")
+
 #: keys the protocol sets itself, with the protocol key to use instead
 OWNED = {"seed": "seeds", "data.shots": "shots", "data.subsample": "subsample", "data.name": "datasets",
          "output.dir": "the run layout"}
@@ -64,7 +67,7 @@ OWNED = {"seed": "seeds", "data.shots": "shots", "data.subsample": "subsample", 
 
 # ------------------------------------------------------------------------------------------------ the file's schema
 #: a protocol's report layout
-Kind = Literal["few_shot", "base_to_new", "cross_dataset", "domain_generalization"]
+Kind = Literal[runs.PROTOCOL_KINDS]  # type: ignore[valid-type]  (the kinds a report lays out, owned by runs)
 KINDS = get_args(Kind)
 Names = Union[List[str], str]  # one name or a list of them
 Ints = Union[List[int], int]
@@ -595,16 +598,33 @@ def _check(protocol: Protocol, runs: List[RunSpec], method_names: set, scoped: D
                               f"{', '.join(sorted(method_names))}.{suggest(scope, method_names)}")
 
 
-def write_manifest(protocol: Protocol, specs: List[RunSpec], root: Path, overrides: Sequence[str]) -> Path:
+def _plan_differences(old: dict, new: dict) -> List[str]:
+    """What a new manifest would change in an existing one: its kind, runs added, dropped or with other settings."""
+    before = {r.get("id"): r.get("fingerprint") for r in old.get("runs", []) if isinstance(r, dict)}
+    after = {r["id"]: r["fingerprint"] for r in new["runs"]}
+    lines = [f"kind: {old.get('kind')} → {new['kind']}"] if old.get("kind") != new["kind"] else []
+    lines += [f"other settings: {i}" for i in after if i in before and before[i] != after[i]]
+    lines += [f"only in the new plan: {i}" for i in after if i not in before]
+    lines += [f"only in the existing plan: {i}" for i in before if i not in after]
+    return lines
+
+
+def write_manifest(protocol: Protocol, specs: List[RunSpec], root: Path, overrides: Sequence[str],
+                   replace: bool = False, merge: bool = False) -> Path:
     """``root/protocol-<name>.json``: the sweep's kind and every planned run and evaluation, for the report; a grid
-    point's run also its grid values, their folder label and its validation file (what the report selects on)."""
+    point's run also its grid values, their folder label and its validation file (what the report selects on).
+
+    An existing manifest with another plan (other runs, or the same runs with other settings) is never silently
+    replaced: that is an error listing the differences, unless ``merge`` (the runs of both, for one report; a run
+    with other settings in both is still refused) or ``replace`` (the new plan, as ``bench --replace`` redoes the
+    runs)."""
     root = Path(root)
 
     def rel(path: Path) -> str:
         return str(Path(path).relative_to(root))
 
     path = runs.manifest_path(root, protocol.name)
-    atomic_write_json(path, {
+    manifest = {
         "protocol": protocol.name, "kind": protocol.kind, "source": protocol.source,
         "description": protocol.description, "overrides": list(overrides),
         "runs": [{"id": r.id, "method": r.method, "dataset": r.dataset, "subsample": r.subsample, "shots": r.shots,
@@ -615,5 +635,25 @@ def write_manifest(protocol: Protocol, specs: List[RunSpec], root: Path, overrid
                   **({"grid": r.grid, "setting": grid_label(r.grid), "validation": rel(r.validation)}
                      if r.grid else {})}
                  for r in specs],
-    })
+    }
+    try:
+        existing = runs.read_json(path, "a sweep manifest", ("runs",)) if not replace else None
+    except runs.CorruptFile as err:
+        log.warning("%s Writing it anew.", err)
+        existing = None
+    differences = _plan_differences(existing, manifest) if existing is not None else []
+    conflicts = [d for d in differences if not d.startswith("only in")]  # what no merge can reconcile
+    if differences and (not merge or conflicts):
+        shown = "\n  ".join(differences[:12]) + (f"\n  ... and {len(differences) - 12} more" if len(differences) > 12
+                                                 else "")
+        raise ConfigError(f"{path} holds another plan for this sweep folder (existing → new):\n  {shown}\n"
+                          f"It is not replaced silently. Give the new plan a folder of its own (output.root=...), "
+                          f"{'' if conflicts else 'add its runs to the existing plan with --merge, '}or replace the "
+                          f"plan with --replace (which also redoes runs made with other settings).")
+    if existing is not None and merge:
+        known = {r["id"] for r in manifest["runs"]}
+        manifest["runs"] = [r for r in existing["runs"] if r.get("id") not in known] + manifest["runs"]
+        manifest["overrides"] = [*existing.get("overrides", []),
+                                 *[o for o in manifest["overrides"] if o not in existing.get("overrides", [])]]
+    atomic_write_json(path, manifest)
     return path

@@ -23,10 +23,13 @@ With ``gpus > 0`` each run is a subprocess (``python -m promptclip.bench.sweep R
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -38,10 +41,10 @@ from tqdm.auto import tqdm
 from .. import runs
 from ..backbone import Architecture
 from ..config import Config, from_dict, to_dict
-from ..engine.runner import evaluate_run, run
+from ..engine.runner import data_signature, evaluate_run, prepare_run_data, run
 from ..engine.trainer import duration, show_bars
 from ..engine.validation import require_validation_split, validate_run, validation_file
-from ..errors import ConfigError
+from ..errors import ConfigError, PromptclipError
 from ..learners.base import config_problems
 from ..utils import atomic_write_json
 from .protocols import EvalSpec, Protocol, RunSpec, eval_spec, expand, grid_label, load_protocol, split_overrides, \
@@ -123,11 +126,13 @@ def check_plan(specs: Sequence[RunSpec]) -> None:
 
 
 def run_planned(plan: SweepPlan, gpus: int = 0, fail_fast: bool = False, progress: bool = True,
-                on_epoch_end: Optional[Callable[[int], None]] = None, replace: bool = False) -> "SweepOutcome":
+                on_epoch_end: Optional[Callable[[int], None]] = None, replace: bool = False,
+                merge: bool = False) -> "SweepOutcome":
     """Check every planned run against its backbone, write the sweep's manifest (every planned run, for the
-    report), then run the selected runs not done yet."""
+    report; another plan already there is refused unless ``merge`` or ``replace``), then run the selected runs not
+    done yet."""
     check_plan(plan.runs)
-    write_manifest(plan.protocol, plan.runs, plan.root, plan.overrides)
+    write_manifest(plan.protocol, plan.runs, plan.root, plan.overrides, replace=replace, merge=merge)
     return run_sweep(plan.selected, gpus=gpus, fail_fast=fail_fast, progress=progress, on_epoch_end=on_epoch_end,
                      replace=replace)
 
@@ -151,7 +156,10 @@ def status(spec: RunSpec) -> str:
     settings), corrupt."""
     if runs.is_locked(spec.run_dir):
         return "busy"
-    state = runs.run_state(spec.run_dir, spec.identity).status
+    state = runs.run_state(spec.run_dir, spec.identity)
+    if state.status == "done" and _data_change(spec, state) is not None:
+        return "other"  # finished on training images that have changed since: never counted as done
+    state = state.status
     if state == "done":
         files = [(e.file, "test") for e in spec.evaluations]
         files += [(spec.validation, "val")] if spec.validation is not None else []
@@ -169,9 +177,24 @@ def _evaluation_done(path: Path, key: str) -> bool:
 def config_changes(spec: RunSpec) -> List[str]:
     """``key: stored → requested`` for a folder holding a run made with other settings (or why it is unknown)."""
     state = runs.run_state(spec.run_dir, spec.identity)
+    if state.status == "done":
+        changed = _data_change(spec, state)
+        return [changed] if changed is not None else []
     if state.status != "other":
         return []
     return state.differences or [state.problem]
+
+
+def _data_change(spec: RunSpec, state: runs.RunState) -> Optional[str]:
+    """Why a finished run's training images are no longer the ones it read (None: the same, or not recorded), as
+    ``train`` checks before reusing a result."""
+    if not state.stored.data:
+        return None
+    try:
+        dataset = prepare_run_data(spec.config, split_dir=spec.run_dir, quiet=True)[0]
+    except PromptclipError as err:
+        return f"{spec.run_dir}: its training data cannot be read now, so its result cannot be checked: {err}"
+    return runs.data_changes(state.stored, data_signature(spec.config, dataset), spec.run_dir)
 
 
 def summary_line(spec: RunSpec, result: dict, evaluations: Sequence[Tuple[EvalSpec, dict]], seconds: float,
@@ -343,6 +366,30 @@ def _run_parallel(todo: Sequence[RunSpec], gpus: int, fail_fast: bool, bar: _Bar
     free = visible_gpus(gpus)
     pending = list(todo)
     running: Dict[subprocess.Popen, Tuple[RunSpec, str, float, str]] = {}
+    with _terminate_as_exit():
+        _supervise(pending, running, free, fail_fast, bar, outcome, replacing)
+
+
+@contextlib.contextmanager
+def _terminate_as_exit():
+    """While workers run, SIGTERM (a cluster's scancel, a ``kill``) unwinds this process like Ctrl-C, so that the
+    workers it started are stopped with it instead of outliving it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _supervise(pending: List[RunSpec], running: Dict[subprocess.Popen, Tuple[RunSpec, str, float, str]],
+               free: List[str], fail_fast: bool, bar: _Bar, outcome: SweepOutcome, replacing: Set[str]) -> None:
     try:
         while pending or running:
             while pending and free and not (outcome.failed and fail_fast):

@@ -101,6 +101,7 @@ class FolderImages:
     nested: int = 0  # how many of them lie in sub-folders
     repeated: List[Path] = field(default_factory=list)  # linked folders skipped: their target was already walked
     others: List[Path] = field(default_factory=list)  # files skipped because their extension is not an image's
+    dangling: List[Path] = field(default_factory=list)  # image-named links that lead to no file (broken, or a loop)
 
 
 def walk_images(folder: Path) -> FolderImages:
@@ -109,7 +110,8 @@ def walk_images(folder: Path) -> FolderImages:
 
     A linked folder whose target was already walked (a link back up the tree, or a second link to the same folder)
     is skipped and listed in ``repeated``, so a symlink loop ends instead of walking forever. ``os.walk`` reads the
-    file types from the directory listings, so a folder of a million images costs no stat per file.
+    file types from the directory listings, so a folder of a million images costs no stat per file; only files that
+    are links are followed, and one that leads to no file (broken, or a loop of links) is skipped into ``dangling``.
     """
     folder = Path(folder)
     seen = set()
@@ -131,7 +133,11 @@ def walk_images(folder: Path) -> FolderImages:
         names = sorted(n for n in filenames if not n.startswith("."))
         is_image = {n: os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS for n in names}
         result.others += [Path(dirpath) / n for n in names if not is_image[n]]
-        found.append((dirpath, [n for n in names if is_image[n]]))
+        images = [n for n in names if is_image[n]]
+        dangling = {n for n in images if os.path.islink(os.path.join(dirpath, n))
+                    and not os.path.isfile(os.path.join(dirpath, n))}
+        result.dangling += [Path(dirpath) / n for n in images if n in dangling]
+        found.append((dirpath, [n for n in images if n not in dangling]))
     for dirpath, images in sorted(found):
         result.paths += [Path(dirpath) / n for n in images]
         if Path(dirpath) != folder:

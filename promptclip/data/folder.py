@@ -60,7 +60,7 @@ def read_class_folders(folder: Path, classnames: Optional[List[str]] = None, ign
                         f"{len(names)} classes. Move them out of {folder}, or check that the right folder is read.")
     items: List[Item] = []
     bad = []
-    nested, repeated, others = 0, [], []
+    nested, repeated, others, dangling = 0, [], [], []
     for label, name in enumerate(names):
         if not (folder / name).is_dir():
             bad.append(f"class {describe(name)}: the folder {folder / name} does not exist")
@@ -71,6 +71,7 @@ def read_class_folders(folder: Path, classnames: Optional[List[str]] = None, ign
                        f"({', '.join(IMAGE_EXTENSIONS)})")
         items += [Item(str(p), label) for p in walk.paths]
         nested, repeated, others = nested + walk.nested, repeated + walk.repeated, others + walk.others
+        dangling += walk.dangling
     if bad:
         more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise DataError(f"{len(bad)} of the {len(names)} classes in {folder} {'has' if len(bad) == 1 else 'have'} "
@@ -82,6 +83,9 @@ def read_class_folders(folder: Path, classnames: Optional[List[str]] = None, ign
     if repeated:
         notes.append(f"{folder}: skipped {_count(repeated, 'linked folder')} whose target was already read (a "
                      f"symbolic link loop, or two links to one folder): {_examples(repeated, folder)}.")
+    if dangling:
+        notes.append(f"{folder}: skipped {_count(dangling, 'symbolic link')} that lead to no file (broken, or a "
+                     f"loop of links): {_examples(dangling, folder)}.")
     if others:
         notes.append(f"{folder}: skipped {_count(others, 'file')} that are not images by their extension "
                      f"({', '.join(IMAGE_EXTENSIONS)}, any case): {_examples(others, folder)}.")

@@ -424,6 +424,7 @@ def evaluate_run(run_dir: Union[str, Path], overrides: Sequence[str] = (), progr
 
 def finished_run(run_dir: Path) -> Tuple[Config, runs.Identity]:
     """A finished run's saved config and identity, or an error saying to finish it."""
+    runs.refuse_links(run_dir)
     base = read_run_config(run_dir)
     stored = runs.read_identity(run_dir)
     if stored is None or runs.read_result(run_dir) is None:
