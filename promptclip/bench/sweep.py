@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from .. import runs
 from ..backbone import Architecture
 from ..config import Config, from_dict, to_dict
-from ..engine.runner import data_signature, evaluate_run, prepare_run_data, run
+from ..engine.runner import data_change, evaluate_run, run
 from ..engine.trainer import duration, show_bars
 from ..engine.validation import require_validation_split, validate_run, validation_file
 from ..errors import ConfigError, PromptclipError
@@ -188,13 +188,10 @@ def config_changes(spec: RunSpec) -> List[str]:
 def _data_change(spec: RunSpec, state: runs.RunState) -> Optional[str]:
     """Why a finished run's training images are no longer the ones it read (None: the same, or not recorded), as
     ``train`` checks before reusing a result."""
-    if not state.stored.data:
-        return None
     try:
-        dataset = prepare_run_data(spec.config, split_dir=spec.run_dir, quiet=True)[0]
+        return data_change(spec.config, spec.run_dir, state.stored)
     except PromptclipError as err:
         return f"{spec.run_dir}: its training data cannot be read now, so its result cannot be checked: {err}"
-    return runs.data_changes(state.stored, data_signature(spec.config, dataset), spec.run_dir)
 
 
 def summary_line(spec: RunSpec, result: dict, evaluations: Sequence[Tuple[EvalSpec, dict]], seconds: float,

@@ -72,6 +72,15 @@ def data_signature(cfg: Config, dataset: Dataset) -> dict:
     return content_signature(dataset) if runs.effective_shots(cfg) != 0 else {}
 
 
+def data_change(cfg: Config, run_dir: Path, stored: runs.Identity) -> Optional[str]:
+    """Why the run in ``run_dir`` (identity ``stored``) was made on other training data than ``cfg`` reads now (None:
+    the same, or not recorded): checked before a finished run is reused, by ``train`` and ``bench`` alike."""
+    if not stored.data:
+        return None
+    dataset = prepare_run_data(cfg, split_dir=run_dir, quiet=True)[0]
+    return runs.data_changes(stored, data_signature(cfg, dataset), run_dir)
+
+
 def build_model(cfg: Config, backbone: FrozenCLIP, dataset: Dataset) -> PromptedCLIP:
     check_architecture(backbone.architecture, *[c for c in (cfg.text, cfg.vision) if c is not None])  # all at once
     text = build_learner(cfg.text, backbone, dataset.classnames, dataset.template, dataset.name)
@@ -146,7 +155,7 @@ def _run_locked(cfg: Config, progress: bool, on_epoch_end, backbone, distributed
     lock = runs.RunLock(run_dir)
     with lock if is_main else contextlib.nullcontext(), _run_log(run_dir if is_main else None) as own:
         state = _claim(run_dir, identity, replace, distributed,
-                       lambda: data_signature(cfg, prepare_run_data(cfg, split_dir=run_dir, quiet=True)[0]))
+                       lambda stored: data_change(cfg, run_dir, stored))
         if state.status == "done":
             log.info("%s already finished on %s with these settings; reusing its result.", run_dir,
                      state.result.get("finished_at", "an earlier date"))
@@ -190,18 +199,17 @@ def _run_log(run_dir: Optional[Path]):
 
 
 def _claim(run_dir: Path, identity: runs.Identity, replace: bool, distributed,
-           signature: Callable[[], dict]) -> runs.RunState:
+           changed_data: Callable[[runs.Identity], Optional[str]]) -> runs.RunState:
     """Decide (on the main process) whether the folder is reused, resumed, or started clean; share the decision.
-    ``replace`` starts clean whatever the folder holds; a finished run is reused only if ``signature()`` (its
-    training data now) is what it read."""
+    ``replace`` starts clean whatever the folder holds; a finished run is reused only if ``changed_data(stored)``
+    finds its training data as it read it."""
     def decide() -> runs.RunState:
         state = runs.run_state(run_dir, identity)
         if replace:
             if state.status != "new":
                 log.warning("Replacing the run in %s (--replace).", run_dir)
             state.status = "new"
-        elif state.status == "done" and state.stored.data and (
-                changed := runs.data_changes(state.stored, signature(), run_dir)):
+        elif state.status == "done" and (changed := changed_data(state.stored)):
             raise runs.RunMismatch(f"{changed}\n{_NOT_REUSED}")
         elif state.status == "other" and state.failure is not None:
             log.info("%s holds a failed run with other settings; starting clean.", run_dir)
