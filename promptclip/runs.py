@@ -294,7 +294,7 @@ class Identity:
         """``key: old → new`` for every setting that differs (``self`` is the stored one)."""
         keys = sorted(set(self.settings) | set(other.settings))
         missing = "(not set)"
-        return [f"{k}: {_show(self.settings.get(k, missing))} → {_show(other.settings.get(k, missing))}"
+        return [f"{k}: {show_value(self.settings.get(k, missing))} → {show_value(other.settings.get(k, missing))}"
                 for k in keys if self.settings.get(k, missing) != other.settings.get(k, missing)]
 
 
@@ -314,7 +314,8 @@ def _count(part: Any) -> str:
     return f"{part.get('items', '?')} images, signature {str(part.get('sha256', '?'))[:12]}"
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A setting's value as it is shown in messages and row labels: text as it is, anything else as JSON."""
     return json.dumps(value, default=str) if not isinstance(value, str) else value
 
 
@@ -362,7 +363,7 @@ def read_scored(path: PathLike, what: str, key: str = "test") -> Optional[dict]:
         return None
     metrics = data[key]
     if not isinstance(metrics, dict) or not _is_number(metrics.get("accuracy")):
-        found = _show(metrics.get("accuracy")) if isinstance(metrics, dict) else type(metrics).__name__
+        found = show_value(metrics.get("accuracy")) if isinstance(metrics, dict) else type(metrics).__name__
         raise CorruptFile(f"{path} ({what}) is damaged: {key}.accuracy is {found}, not a number. Rerun the command "
                           f"that made it (it redoes a damaged file).")
     return data
@@ -378,8 +379,8 @@ def read_result(run_dir: PathLike) -> Optional[dict]:
     if "test" in data and not (isinstance(data["test"], dict) and "accuracy" in data["test"]):
         wrong.append("its test metrics have no accuracy")
     elif "test" in data and not _is_number(data["test"]["accuracy"]):
-        wrong.append(f"test.accuracy is {_show(data['test']['accuracy'])}, not a number")
-    wrong += [f"{k} is {_show(data[k])}, not a number" for k in ("train_seconds", "train_loss")
+        wrong.append(f"test.accuracy is {show_value(data['test']['accuracy'])}, not a number")
+    wrong += [f"{k} is {show_value(data[k])}, not a number" for k in ("train_seconds", "train_loss")
               if data.get(k) is not None and not _is_number(data[k])]
     if wrong:
         raise CorruptFile(f"{path} (a run's result) is damaged: {'; '.join(wrong)}. {REDO}")
@@ -397,9 +398,9 @@ def read_identity(run_dir: PathLike) -> Optional[Identity]:
     if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
         wrong.append(f"settings is {type(settings).__name__}, not an object of named settings")
     if not isinstance(data["fingerprint"], str):
-        wrong.append(f"fingerprint is {_show(data['fingerprint'])}, not text")
+        wrong.append(f"fingerprint is {show_value(data['fingerprint'])}, not text")
     if not isinstance(signature, dict):
-        wrong.append(f"data is {_show(signature)}, not an object")
+        wrong.append(f"data is {show_value(signature)}, not an object")
     if wrong:
         raise CorruptFile(f"{path} (a run's identity) is damaged: {'; '.join(wrong)}. {REDO}")
     return Identity(dict(settings), data["fingerprint"], version if isinstance(version, int) else 0, signature)
@@ -612,8 +613,8 @@ def read_manifest(path: PathLike) -> dict:
     if data is None:
         raise CorruptFile(f"{path} does not exist.")
     if path.name != f"{MANIFEST_PREFIX}{data['protocol']}.json" or data["kind"] not in PROTOCOL_KINDS:
-        raise CorruptFile(f"{path} (a sweep manifest) is damaged: its protocol {_show(data['protocol'])} or kind "
-                          f"{_show(data['kind'])} is not the one its file name and the protocol kinds allow; nothing "
+        raise CorruptFile(f"{path} (a sweep manifest) is damaged: its protocol {show_value(data['protocol'])} or kind "
+                          f"{show_value(data['kind'])} is not the one its file name and the protocol kinds allow; nothing "
                           f"is written under names read from it. Rerun the bench command to rewrite it.")
     root = path.parent
     try:

@@ -11,7 +11,6 @@ sets it apart from the method's other experiments (``coop [train.epochs=60]``). 
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -319,7 +318,7 @@ def label(records: Sequence[Record]) -> None:
                     for finished in cells)
         for r in (r for r in rows if r.accuracy is not None):
             if r.settings is not None:
-                parts = [f"{k}={_show(r.settings.get(k, NOT_SET))}" for k in keys]
+                parts = [f"{k}={runs.show_value(r.settings.get(k, NOT_SET))}" for k in keys]
             else:
                 parts = ["settings unknown"] if keys or mixed else []
                 parts += [r.setting] if r.setting and not r.grid else []  # the grid folder keeps points apart
@@ -337,18 +336,14 @@ NOT_SET = "(not set)"
 def _differing(settings: Sequence[Dict[str, Any]]) -> List[str]:
     """The keys whose values are not all equal across ``settings`` (the row and column keys aside)."""
     keys = sorted({k for s in settings for k in s} - set(_PLACED))
-    return [k for k in keys if len({_show(s.get(k, NOT_SET)) for s in settings}) > 1]
+    return [k for k in keys if len({runs.show_value(s.get(k, NOT_SET)) for s in settings}) > 1]
 
 
 def experiment(r: Record) -> tuple:
     """What makes runs seeds of one experiment: their method and settings (unknown: their cell and folder)."""
     if r.settings is None:
         return ("unknown", *r.cell, r.setting)
-    return (r.method, tuple(sorted((k, _show(v)) for k, v in r.settings.items())))
-
-
-def _show(value: Any) -> str:
-    return json.dumps(value, default=str) if not isinstance(value, str) else value
+    return (r.method, tuple(sorted((k, runs.show_value(v)) for k, v in r.settings.items())))
 
 
 # ------------------------------------------------------------------------------------------------ statistics
