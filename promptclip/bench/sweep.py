@@ -157,14 +157,13 @@ def status(spec: RunSpec) -> str:
     if runs.is_locked(spec.run_dir):
         return "busy"
     state = runs.run_state(spec.run_dir, spec.identity)
-    if state.status == "done" and _data_change(spec, state) is not None:
-        return "other"  # finished on training images that have changed since: never counted as done
-    state = state.status
-    if state == "done":
+    if state.status == "done":
+        if _data_change(spec, state) is not None:
+            return "other"  # finished on training images that have changed since: never counted as done
         files = [(e.file, "test") for e in spec.evaluations]
         files += [(spec.validation, "val")] if spec.validation is not None else []
         return "done" if all(_evaluation_done(path, key) for path, key in files) else "evaluate"
-    return {"new": "todo"}.get(state, state)
+    return {"new": "todo"}.get(state.status, state.status)
 
 
 def _evaluation_done(path: Path, key: str) -> bool:
