@@ -2,14 +2,14 @@
 
 The composed model computes ``CE + Σ weight_i · loss_i(output, labels)``. A loss that needs something before
 training (DAPT's class prototypes, KgCoOp's zero-shot class features) implements ``prepare(context)``; the engine
-calls it once with a :class:`PrepareContext`. At each step a loss reads the :class:`ModelOutput`, which also
-gives, on demand and once per batch, the frozen image features of the same batch and the zero-shot logits.
+calls it once with a :class:`~promptclip.hooks.PrepareContext`. At each step a loss reads the
+:class:`~promptclip.hooks.ModelOutput` (both in :mod:`promptclip.hooks`).
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, List, Literal, Optional, Sequence, Tuple, Union, get_args
+from dataclasses import dataclass
+from typing import ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -17,80 +17,11 @@ from torch import nn
 
 from .config import bounded
 from .errors import ConfigError
-from .learners.zeroshot import zeroshot_class_features
+from .hooks import ModelOutput, PrepareContext
 from .registry import LOSSES
-from .templates import TemplateChoice, check_templates, resolve_templates
+from .templates import TemplateChoice, check_templates
 
 log = logging.getLogger("promptclip")
-
-Features = Tuple[torch.Tensor, torch.Tensor]  # ([N, E] normalised float32 features, [N] labels)
-
-
-@dataclass
-class ModelOutput:
-    """What the composed model computed for a batch; losses read what they need from it."""
-
-    logits: torch.Tensor  # [B, C]
-    image_features: torch.Tensor  # [B, E], normalised (prompted if the model prompts the image tower)
-    text_features: torch.Tensor  # [C, E] or [B, C, E], normalised
-    loss: Optional[torch.Tensor] = None
-    terms: Optional[dict] = None  # name → detached value, for logs
-    logit_scale: Optional[torch.Tensor] = None
-    #: computes the batch's normalised image features without prompts; None: ``image_features`` are frozen already
-    frozen_source: Optional[Callable[[], torch.Tensor]] = field(default=None, repr=False)
-    #: those frozen features once known (given by the engine from its cache, or computed on first use)
-    frozen: Optional[torch.Tensor] = field(default=None, repr=False)
-    #: (class features, zero-shot logits) computed this step; the class features are held, so they are matched by
-    #: identity (an ``id`` alone could be reused by a later tensor)
-    _zeroshot: List[Tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list, repr=False)
-
-    @property
-    def frozen_image_features(self) -> torch.Tensor:
-        """The same batch's normalised image features under the frozen, unprompted image tower (no gradient),
-        computed on first use and kept for the other losses of the step."""
-        if self.frozen is None:
-            self.frozen = (self.image_features if self.frozen_source is None else self.frozen_source()).detach()
-        return self.frozen
-
-    def zeroshot_logits(self, class_features: torch.Tensor) -> torch.Tensor:
-        """Zero-shot CLIP's logits for the batch: ``τ · frozen_image_features @ class_features.T`` (normalised
-        ``[C, E]`` class features, e.g. from :meth:`PrepareContext.zeroshot_class_features`); once per batch."""
-        for known, logits in self._zeroshot:
-            if known is class_features:
-                return logits
-        image = self.frozen_image_features
-        logits = (self.logit_scale * image @ class_features.to(image.dtype).t()).detach()
-        self._zeroshot.append((class_features, logits))
-        return logits
-
-
-@dataclass
-class PrepareContext:
-    """What a loss or callback may use once before training."""
-
-    backbone: Any  # FrozenCLIP
-    classnames: List[str]
-    template: str  # the dataset's own template
-    dataset: str  # its canonical name
-    device: torch.device
-    epochs: int  # train.epochs
-    #: frozen image features and labels of the training split, one view under the training transform, from the
-    #: engine's feature cache (computed on the first call)
-    train_features: Callable[[], Features]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classnames)
-
-    def zeroshot_class_features(self, templates: Union[str, Sequence[str]] = "dataset",
-                                normalize_each: bool = True) -> torch.Tensor:
-        """Normalised zero-shot class features ``[C, E]`` on ``self.device`` for a template choice (``dataset``,
-        ``ensemble``, ``imagenet80``, ``imagenet60``) or a list of templates; ``normalize_each`` as in
-        :func:`~promptclip.learners.zeroshot.zeroshot_class_features`."""
-        chosen = resolve_templates(templates if isinstance(templates, str) else list(templates), self.template,
-                                   self.dataset)
-        return zeroshot_class_features(self.backbone, self.classnames, chosen, normalize_each).to(self.device)
-
 
 @dataclass
 class LossConfig:

@@ -1,8 +1,10 @@
-"""PromptedCLIP: a frozen backbone, a text learner, an optional vision learner and extra losses → logits and loss."""
+"""PromptedCLIP: a frozen backbone, a text learner, an optional vision learner and extra losses → logits and loss;
+:func:`create_model`, the one way to a run's model, for training and for loading alike."""
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -10,14 +12,18 @@ from torch import nn
 
 from .backbone import FrozenCLIP, VisionPrompts, normalize
 from .errors import ConfigError
-from .learners.base import Learner
-from .losses import ExtraLoss, ModelOutput
+from .hooks import ModelOutput, PrepareContext
+from .learners.base import Learner, StateMismatch, build_learner, check_architecture
+from .losses import ExtraLoss
+from .registry import LOSSES
 
 log = logging.getLogger("promptclip")
 
 
 class PromptedCLIP(nn.Module):
-    """``logits = τ · cos(image, class)``; only the learners' parameters train."""
+    """Two stages: :meth:`image_features` (the image tower, prompted or not) and :meth:`head` (features → logits, by
+    default ``τ · cos(image, class)``; the text learner may add to it or replace it). Every path — a training step,
+    evaluation, ``predict``, ``load_run`` — calls the same ``head``. Only the learners' parameters train."""
 
     def __init__(self, backbone: FrozenCLIP, text: Learner, vision: Optional[Learner] = None,
                  losses: Optional[Dict[str, ExtraLoss]] = None):
@@ -79,11 +85,24 @@ class PromptedCLIP(nn.Module):
     def class_features(self, image_features: Optional[torch.Tensor] = None) -> torch.Tensor:
         return normalize(self.text.text_features(self.backbone, image_features))
 
-    def logits(self, image_features: torch.Tensor, class_features: torch.Tensor) -> torch.Tensor:
-        scale = self.backbone.logit_scale
-        if class_features.dim() == 3:
-            return scale * torch.einsum("be,bce->bc", image_features, class_features.to(image_features.dtype))
-        return scale * image_features @ class_features.to(image_features.dtype).t()
+    def head(self, image_features: torch.Tensor, class_features: Optional[torch.Tensor] = None) -> ModelOutput:
+        """Logits of normalised ``image_features`` (``class_features``: computed once by the caller, else here)."""
+        txt = class_features if class_features is not None else self.class_features(image_features)
+        logits = self.text.head(image_features, txt, self.backbone.logit_scale)
+        return ModelOutput(logits=logits, image_features=image_features, text_features=txt,
+                           logit_scale=self.backbone.logit_scale)
+
+    def add_loss(self, out: ModelOutput, labels: torch.Tensor) -> ModelOutput:
+        """``out`` with ``loss = CE + Σ weight · extra loss`` and its detached terms."""
+        ce = F.cross_entropy(out.logits.float(), labels)
+        terms = {"ce": ce.detach()}
+        loss = ce
+        for name, term in self.losses.items():
+            value = term(out, labels)
+            terms[name] = value.detach()
+            loss = loss + term.cfg.weight * value
+        out.loss, out.terms = loss, terms
+        return out
 
     def _frozen_source(self, images: torch.Tensor):
         """The batch's unprompted image features, for losses that ask :attr:`ModelOutput.frozen_image_features`."""
@@ -98,25 +117,57 @@ class PromptedCLIP(nn.Module):
         """A loss reads ``ModelOutput.frozen_image_features`` (which the engine can then give from its cache)."""
         return any(loss.uses_frozen_image_features for loss in self.losses.values())
 
-    def forward(self, images: Optional[torch.Tensor], labels: Optional[torch.Tensor] = None,
-                class_features: Optional[torch.Tensor] = None, image_features: Optional[torch.Tensor] = None,
-                frozen_image_features: Optional[torch.Tensor] = None) -> ModelOutput:
-        """Logits for ``images``; with ``labels``, also the loss. ``class_features`` skips the text tower;
-        ``image_features`` (normalised frozen features, for a model that does not prompt the image tower) replace
-        ``images`` and the image tower; ``frozen_image_features`` (normalised, of the same images without prompts)
-        save a model that prompts the image tower computing them when a loss asks."""
+    def forward(self, images: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
+                image_features: Optional[torch.Tensor] = None, frozen_image_features: Optional[torch.Tensor] = None
+                ) -> ModelOutput:
+        """Logits for ``images``, or for their normalised frozen ``image_features`` (a model that does not prompt
+        the image tower); with ``labels``, also the loss. ``frozen_image_features`` (normalised, of the same images
+        without prompts) save a model that prompts the image tower computing them when a loss asks."""
         img = self.image_features(images) if image_features is None else image_features
-        txt = class_features if class_features is not None else self.class_features(img)
-        source = self._frozen_source(images) if self.prompts_vision and image_features is None else None
-        out = ModelOutput(logits=self.logits(img, txt), image_features=img, text_features=txt,
-                          logit_scale=self.backbone.logit_scale, frozen_source=source, frozen=frozen_image_features)
-        if labels is not None:
-            ce = F.cross_entropy(out.logits.float(), labels)
-            terms = {"ce": ce.detach()}
-            loss = ce
-            for name, term in self.losses.items():
-                value = term(out, labels)
-                terms[name] = value.detach()
-                loss = loss + term.cfg.weight * value
-            out.loss, out.terms = loss, terms
-        return out
+        out = self.head(img)
+        out.frozen = frozen_image_features
+        if self.prompts_vision and image_features is None:
+            out.frozen_source = self._frozen_source(images)
+        return self.add_loss(out, labels) if labels is not None else out
+
+
+@dataclass
+class ModelParts:
+    """What a run's model is made of: the learner and loss options and the classes it is built for."""
+
+    text: Any  # the text learner's config
+    classnames: List[str]
+    template: str = "a photo of a {}."
+    dataset: str = ""  # the canonical name of the dataset the class names come from
+    vision: Any = None
+    losses: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, cfg, dataset) -> "ModelParts":
+        """The parts of a run config ``cfg`` on ``dataset`` (a :class:`~promptclip.data.base.Dataset`)."""
+        return cls(cfg.text, dataset.classnames, dataset.template, dataset.name, cfg.vision, dict(cfg.losses))
+
+
+def create_model(parts: ModelParts, backbone: FrozenCLIP, context: Optional[PrepareContext] = None,
+                 state: Optional[Dict[str, torch.Tensor]] = None) -> PromptedCLIP:
+    """The one way to a run's model. For training, ``context`` prepares the learners and losses on the data (a
+    cache model, prototypes, zero-shot anchors); for loading, ``state`` (``text.<name>`` / ``vision.<name>``
+    tensors, as :func:`~promptclip.engine.prompts.save_prompts` writes) restores what was learned and prepared.
+    Every problem of the learners on this backbone is reported at once, before anything is built."""
+    check_architecture(backbone.architecture, *[c for c in (parts.text, parts.vision) if c is not None])
+    learners = {side: build_learner(options, backbone, parts.classnames, parts.template, parts.dataset)
+                for side, options in (("text", parts.text), ("vision", parts.vision)) if options is not None}
+    for side, learner in learners.items():
+        if state is not None:
+            try:
+                learner.load_learned({k[len(side) + 1:]: v for k, v in state.items() if k.startswith(f"{side}.")})
+            except StateMismatch as err:
+                raise StateMismatch(f"the {side} learner", str(err)) from None
+    losses = {name: LOSSES.get(name)(options) for name, options in parts.losses.items()}
+    model = PromptedCLIP(backbone, learners["text"], learners.get("vision"), losses)
+    if context is not None:
+        for learner in learners.values():
+            learner.prepare(context)
+        for loss in model.losses.values():
+            loss.prepare(context)
+    return model

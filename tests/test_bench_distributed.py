@@ -27,6 +27,8 @@ def worker(data: Path, out: Path) -> None:
     from promptclip.cli import main
     from promptclip.engine.distributed import Distributed
     from promptclip.engine.runner import build_model, evaluate_model, load_backbone, prepare_data
+    from promptclip.engine.setup import RunSetup
+    from promptclip.engine.trainer import epoch_batches
     from promptclip.utils import seed_everything
 
     distributed = Distributed.from_env()
@@ -44,9 +46,10 @@ def worker(data: Path, out: Path) -> None:
     seed_everything(cfg.seed)
     dataset = prepare_data(cfg)
     model = build_model(cfg, load_backbone(cfg, CPU), dataset)
-    hooks = distributed.train_hooks(dataset.train, cfg)
-    assert hooks["batch_size"] == 2 and hooks["is_main"] == (distributed.rank == 0)
-    mine = list(hooks["sampler_factory"](0))[:hooks["batch_size"]]
+    setup = RunSetup(cfg, CPU, "fp32", out, progress=False, distributed=distributed)
+    assert setup.is_main == (distributed.rank == 0)
+    (mine, *_), cut_short = epoch_batches(0, len(dataset.train), setup)
+    assert len(mine) == distributed.local_batch_size(cfg.train.batch_size) == 2 and not cut_short
     everyone = [None, None]
     dist.all_gather_object(everyone, mine)
     transform = transform_for(model.backbone, train=False)
@@ -58,7 +61,7 @@ def worker(data: Path, out: Path) -> None:
     model(*batch(everyone[0] + everyone[1])).loss.backward()  # one process, the whole global batch
     single = [p.grad.clone() for p in model.trainable_parameters()]
     model.zero_grad()
-    ddp = hooks["wrap"](model)
+    ddp = distributed.wrap(model)
     ddp(*batch(mine)).loss.backward()  # this process's half; DDP averages the gradients
     for a, b in zip(single, [p.grad for p in model.trainable_parameters()]):
         assert (a - b).abs().max() <= 1e-5 * a.abs().max(), ((a - b).abs().max(), a.abs().max())

@@ -17,7 +17,7 @@ LAYERS = {
     "promptclip.config": 1,
     "promptclip.data": 2, "promptclip.data.commands": 6, "promptclip.runs": 2,
     "promptclip.backbone": 3, "promptclip.learners": 3, "promptclip.losses": 3, "promptclip.callbacks": 3,
-    "promptclip.methods": 3, "promptclip.model": 3,
+    "promptclip.methods": 3, "promptclip.model": 3, "promptclip.hooks": 3,
     "promptclip.engine": 4, "promptclip.linear_probe": 4,
     "promptclip.bench": 5, "promptclip.bench.collect": 5, "promptclip.bench.tables": 5, "promptclip.bench.plots": 5,
     "promptclip.bench.report": 5, "promptclip.interpret": 5, "promptclip.demo": 5, "promptclip.plugins": 5,

@@ -14,7 +14,7 @@ from ..config import build_config
 from ..data.base import Dataset
 from ..engine.precision import autocast
 from ..engine.runner import build_model
-from ..losses import PrepareContext
+from ..hooks import PrepareContext
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int = 3, warmup: int = 1) -> float:
@@ -82,13 +82,11 @@ def learner_step(backbone: FrozenCLIP, device, preset: str, overrides: Sequence[
     process)."""
     cfg = build_config([preset], ["data.root=/tmp", *overrides])
     dataset = fake_dataset(num_classes)
-    model = build_model(cfg, backbone, dataset).to(device).train()
     train_features = (torch.nn.functional.normalize(torch.randn(2 * num_classes, backbone.embed_dim), dim=-1),
                       torch.arange(num_classes).repeat(2))  # random stand-ins (a step costs the same)
     context = PrepareContext(backbone, dataset.classnames, dataset.template, dataset.name, device, cfg.train.epochs,
-                             lambda: train_features)
-    for loss in model.losses.values():
-        loss.prepare(context)
+                             lambda: train_features, lambda view: train_features)
+    model = build_model(cfg, backbone, dataset, context).to(device).train()
     params = model.trainable_parameters()
     optimizer = torch.optim.SGD(params, lr=1e-3)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import inspect
 import os
-from functools import partial
 from typing import List, Optional, Sequence, TypeVar
 
 import torch
@@ -23,7 +22,6 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from ..config import Config
 from ..errors import ConfigError
 from .trainer import epoch_seed
 
@@ -95,11 +93,6 @@ class Distributed:
         ``find_unused_parameters`` lets a learner leave some prompts out of a step."""
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True, **NO_BUFFER_SYNC)
-
-    def train_hooks(self, items: Sequence, cfg: Config) -> dict:
-        """Keyword arguments for :func:`promptclip.engine.trainer.train`."""
-        return {"sampler_factory": partial(self.sampler, len(items), cfg.seed), "wrap": self.wrap,
-                "batch_size": self.local_batch_size(cfg.train.batch_size), "is_main": self.is_main}
 
     # -------------------------------------------------------------------------------------------- evaluation
     def shard(self, items: Sequence[T]) -> List[T]:

@@ -30,21 +30,17 @@ def metrics_from_predictions(preds: torch.Tensor, labels: torch.Tensor, num_clas
 
 @torch.no_grad()
 def predict_loader(model, loader, device: torch.device, precision: str = "fp32", desc: str = "eval",
-                   image_features: Optional[Callable] = None, progress: bool = True):
-    """Logits and labels over ``loader``. Class features are computed once unless they depend on the image.
-
-    ``image_features(images) -> normalised features`` replaces the image tower (a feature cache).
-    """
+                   encode: Optional[Callable] = None, progress: bool = True):
+    """Logits and labels over ``loader`` through the model's ``head``. Class features are computed once unless they
+    depend on the image. ``encode(inputs) -> normalised features`` replaces the image tower (a feature cache)."""
     model.eval()
+    encode = encode if encode is not None else model.image_features
     logits: List[torch.Tensor] = []
     labels: List[torch.Tensor] = []
     with autocast(device, precision):
         fixed = None if model.image_conditioned else model.class_features()
-        for images, targets in tqdm(loader, desc=desc, leave=False, disable=not progress):
-            images = images.to(device, non_blocking=True)
-            feats = image_features(images) if image_features is not None else model.image_features(images)
-            text = fixed if fixed is not None else model.class_features(feats)
-            logits.append(model.logits(feats, text).float().cpu())
+        for inputs, targets in tqdm(loader, desc=desc, leave=False, disable=not progress):
+            logits.append(model.head(encode(inputs.to(device, non_blocking=True)), fixed).logits.float().cpu())
             labels.append(targets)
     return torch.cat(logits), torch.cat(labels)
 

@@ -46,11 +46,9 @@ class LoadedRun:
         """Class logits for a batch of preprocessed images ``[B, 3, H, W]``."""
         model = self.model
         feats = model.image_features(images.to(self.device))
-        if model.image_conditioned:
-            return model.logits(feats, model.class_features(feats))
-        if self._class_features is None:
+        if not model.image_conditioned and self._class_features is None:
             self._class_features = model.class_features()
-        return model.logits(feats, self._class_features)
+        return model.head(feats, self._class_features).logits
 
     def predict(self, paths: Sequence[Union[str, Path]], topk: int = 5, batch_size: int = 32) -> List[dict]:
         """``[{"path", "top": [(classname, probability), ...]}]`` for each image file, best first."""

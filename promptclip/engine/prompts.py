@@ -1,4 +1,7 @@
-"""Learned prompts on disk: ``prompts.safetensors`` (tensors) + ``prompts.json`` (what they belong to)."""
+"""Learned prompts on disk: ``prompts.safetensors`` (tensors) + ``prompts.json`` (what they belong to).
+
+The tensors are every learner's state: prompts, and what a method prepared from the data (a cache model's keys and
+values), whose shapes ``prompts.json`` records and loading checks."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,8 +18,9 @@ from safetensors.torch import save as save_safetensors
 from ..backbone import FrozenCLIP, state_mismatch
 from ..config import registered_config
 from ..errors import BackboneError, PromptclipError
-from ..learners.base import LEARNERS, build_learner
-from ..model import PromptedCLIP
+from ..learners.base import LEARNERS, StateMismatch
+from ..model import ModelParts, PromptedCLIP, create_model
+from ..registry import LOSSES
 from ..runs import PROMPTS, PROMPTS_META
 from ..utils import atomic_write_bytes, atomic_write_json, versions
 
@@ -41,6 +45,7 @@ def save_prompts(model: PromptedCLIP, directory: Union[str, Path], method: str =
         "format": FORMAT_VERSION,
         "method": method,
         "learners": {side: dataclasses.asdict(l.cfg) for side, l in model.learners().items()},
+        "losses": {name: dataclasses.asdict(loss.cfg) for name, loss in model.losses.items()},
         "backbone": model.backbone.describe(),
         "classnames": model.classnames,
         "template": model.text.template,
@@ -73,6 +78,9 @@ def _meta_problem(meta) -> str:
         return "classnames must be a non-empty list of names"
     if not isinstance(meta["template"], str):
         return "template must be a string"
+    losses = meta.get("losses", {})
+    if not (isinstance(losses, dict) and all(isinstance(v, dict) for v in losses.values())):
+        return "losses must map loss names to their options"
     shapes = meta.get("shapes", {})
     if not (isinstance(shapes, dict) and all(isinstance(v, list) and all(isinstance(d, int) for d in v)
                                              for v in shapes.values())):
@@ -171,23 +179,25 @@ def load_prompts(directory: Union[str, Path], backbone: Optional[FrozenCLIP] = N
     if backbone is None:
         backbone = FrozenCLIP.load(*_backbone_source(meta, directory), device=device)
     check_backbone(meta, backbone, directory)
-    learners = {}
-    for side, options in meta["learners"].items():
-        try:
-            cfg = registered_config("learner", options, side)
-        except PromptclipError as err:
-            todo = (f"use the promptclip version that trained the run, or {REDO}" if options.get("name") in LEARNERS
-                    else "import the plugin that registers that learner, or use the promptclip that trained the run")
-            raise PromptclipError(f"{directory / PROMPTS_META} holds {side} learner options this promptclip cannot "
-                                  f"build ({err}): {todo}.") from None
-        learner = build_learner(cfg, backbone, meta["classnames"], meta["template"], str(meta.get("dataset") or ""))
-        prefix = f"{side}."
-        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        mismatch = state_mismatch({k: v.shape for k, v in state.items()},
-                                  {k: v.shape for k, v in learner.state_dict().items()})
-        if mismatch:
-            raise PromptclipError(f"{directory / PROMPTS} does not fit the {side} learner its {PROMPTS_META} describes "
-                                  f"({mismatch}): {REDO}.")
-        learner.load_state_dict(state, strict=True)
-        learners[side] = learner
-    return PromptedCLIP(backbone, learners["text"], learners.get("vision")).to(device)
+    options = {side: _options(directory, "learner", side, value) for side, value in meta["learners"].items()}
+    losses = {name: _options(directory, "loss", name, value) for name, value in meta.get("losses", {}).items()}
+    parts = ModelParts(options["text"], meta["classnames"], meta["template"], str(meta.get("dataset") or ""),
+                       options.get("vision"), losses)
+    try:
+        return create_model(parts, backbone, state=tensors).to(device)
+    except StateMismatch as err:
+        learner, mismatch = err.args
+        raise PromptclipError(f"{directory / PROMPTS} does not fit {learner} its {PROMPTS_META} describes "
+                              f"({mismatch}): {REDO}.") from None
+
+
+def _options(directory: Path, kind: str, key: str, options: dict):
+    """The typed options of the ``kind`` (learner or loss) recorded under ``key`` in prompts.json."""
+    registry, name = (LEARNERS, options.get("name")) if kind == "learner" else (LOSSES, key)
+    try:
+        return registered_config(kind, options, key, name=name)
+    except PromptclipError as err:
+        todo = (f"use the promptclip version that trained the run, or {REDO}" if name in registry
+                else f"import the plugin that registers that {kind}, or use the promptclip that trained the run")
+        raise PromptclipError(f"{directory / PROMPTS_META} holds {key} {kind} options this promptclip cannot "
+                              f"build ({err}): {todo}.") from None

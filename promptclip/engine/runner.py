@@ -24,17 +24,17 @@ from ..config import Config, load_resolved, to_yaml
 from ..data.base import Dataset
 from ..data.fewshot import (content_signature, dataset_checksum, describe_shortfall, draw_few_shot, shortfall,
                             subsample_classes)
-from ..data.loaders import eval_loader, transform_for
 from ..data.reading import load_dataset
 from ..errors import ConfigError, PromptclipError, TrainingError, UnregisteredInConfig
-from ..learners.base import build_learner, check_architecture
-from ..losses import PrepareContext
-from ..model import PromptedCLIP
-from ..registry import LEARNERS, LOSSES
+from ..hooks import PrepareContext
+from ..model import ModelParts, PromptedCLIP, create_model
+from ..registry import LEARNERS
 from ..utils import atomic_write_json, seed_everything, versions
-from .cache import TrainingViews, feature_loader, frozen_features
+from .cache import TrainingViews, frozen_features
 from .distributed import Distributed
 from .evaluation import metrics_from_predictions, predict_loader
+from .inputs import TrainingInputs, evaluation_inputs
+from .setup import RunSetup
 from ..devices import resolve_device, resolve_precision
 from .prompts import load_prompts, save_prompts
 from .trainer import console_loggers, console_through_bars, show_bars, train
@@ -81,13 +81,27 @@ def data_change(cfg: Config, run_dir: Path, stored: runs.Identity) -> Optional[s
     return runs.data_changes(stored, data_signature(cfg, dataset), run_dir)
 
 
-def build_model(cfg: Config, backbone: FrozenCLIP, dataset: Dataset) -> PromptedCLIP:
-    check_architecture(backbone.architecture, *[c for c in (cfg.text, cfg.vision) if c is not None])  # all at once
-    text = build_learner(cfg.text, backbone, dataset.classnames, dataset.template, dataset.name)
-    vision = build_learner(cfg.vision, backbone, dataset.classnames, dataset.template, dataset.name) if cfg.vision \
-        else None
-    losses = {name: LOSSES.get(name)(opts) for name, opts in cfg.losses.items()}
-    return PromptedCLIP(backbone, text, vision, losses)
+def build_model(cfg: Config, backbone: FrozenCLIP, dataset: Dataset,
+                context: Optional[PrepareContext] = None) -> PromptedCLIP:
+    """The model of run config ``cfg`` on ``dataset`` (prepared on the data with ``context``), by the one factory."""
+    return create_model(ModelParts.of(cfg, dataset), backbone, context)
+
+
+def prepare_context(cfg: Config, backbone: FrozenCLIP, dataset: Dataset, setup: RunSetup,
+                    views: TrainingViews) -> PrepareContext:
+    """What learners, losses and callbacks see before training: training views from ``views`` (and its cache),
+    the few-shot validation split's test-transform features (none where val is the test split)."""
+    def validation():
+        if not dataset.val or dataset.val_is_test:
+            return None
+        return frozen_features(backbone, dataset.val, cfg.output.cache_dir, cfg.train.eval_batch_size,
+                               cfg.data.num_workers, setup.device, setup.precision, "val features",
+                               show_bars(setup.progress))
+
+    return PrepareContext(backbone=backbone, classnames=dataset.classnames, template=dataset.template,
+                          dataset=dataset.name, device=setup.device, epochs=cfg.train.epochs,
+                          train_features=lambda: views.features(0), train_view=views.features,
+                          val_features=validation)
 
 
 def load_backbone(cfg: Config, device: torch.device) -> FrozenCLIP:
@@ -287,21 +301,17 @@ def _run(cfg: Config, run_dir: Path, identity: runs.Identity, state: runs.RunSta
         fields = closed_form.fit(cfg, backbone, dataset, device, precision, run_dir, bars)
         return _finish(run_dir, cfg, identity, dataset, {**shortfall_field, **fields, "precision": precision,
                                                          "train_seconds": round(time.time() - started, 2)})
-    model = build_model(cfg, backbone, dataset).to(device)
-    log.info("%s on %s (%d classes, %d training images): %s", cfg.method_name, dataset.name,
-             dataset.num_classes, len(dataset.train), model.parameter_report())
+    setup = RunSetup(cfg, device, precision, run_dir, progress, distributed)
     views = TrainingViews(backbone, dataset.train, cfg.seed, cfg.train.views, cfg.data.augment,
                           cfg.train.eval_batch_size, cfg.data.num_workers, device, precision,
                           cfg.output.cache_dir if cfg.output.cache_views else None, bars, distributed)
+    context = prepare_context(cfg, backbone, dataset, setup, views)
+    model = build_model(cfg, backbone, dataset, context).to(device)
+    log.info("%s on %s (%d classes, %d training images): %s", cfg.method_name, dataset.name,
+             dataset.num_classes, len(dataset.train), model.parameter_report())
     callbacks = build_callbacks(cfg.callbacks)
-    if model.losses or callbacks:
-        context = PrepareContext(backbone=backbone, classnames=dataset.classnames, template=dataset.template,
-                                 dataset=dataset.name, device=device, epochs=cfg.train.epochs,
-                                 train_features=lambda: views.features(0))
-        for loss in model.losses.values():
-            loss.prepare(context)
-        for callback in callbacks.values():
-            callback.prepare(context, model)
+    for callback in callbacks.values():
+        callback.prepare(context, model)
     if is_main:  # everything loaded: from here on the folder belongs to these settings
         runs.write_identity(run_dir, identity, to_yaml(cfg))
         own()
@@ -316,12 +326,14 @@ def _run(cfg: Config, run_dir: Path, identity: runs.Identity, state: runs.RunSta
     if cfg.train.epochs > 0 and not model.trainable_parameters():
         log.info("%s has no parameters to train: evaluating only.", cfg.method_name)
     elif cfg.train.epochs > 0:
-        last = train(model, dataset.train, cfg, device, precision, run_dir, progress, epoch_done,
-                     views=views if not model.prompts_vision or model.compares_to_frozen_images else None,
-                     callbacks=callbacks,
-                     **(distributed.train_hooks(dataset.train, cfg) if distributed is not None else {}))
+        last = train(model, TrainingInputs(model, dataset.train, cfg, views), setup, callbacks, epoch_done)
+    chosen = {}
+    for side, learner in model.learners().items():
+        learner.after_training(context)
+        chosen.update({f"{side}.{k}": v for k, v in learner.hyperparameters().items()})
     fields = {**shortfall_field, "num_parameters": sum(p.numel() for p in model.trainable_parameters()),
-              "train_loss": last.get("loss"), "precision": precision, "train_seconds": round(time.time() - started, 2)}
+              "train_loss": last.get("loss"), "precision": precision, "train_seconds": round(time.time() - started, 2),
+              **({"hyperparameters": chosen} if chosen else {})}
     if cfg.train.evaluate:  # every process evaluates its shard when distributed
         fields["test"] = evaluate_model(model, dataset, cfg, device, precision, bars, distributed=distributed)
     if not is_main:
@@ -355,19 +367,11 @@ def evaluate_model(model: PromptedCLIP, dataset: Dataset, cfg: Config, device, p
         raise ConfigError(f"{dataset.name} has no {split} images to evaluate on.")
     if distributed is not None:
         items = distributed.shard(items)
-    batch, workers = cfg.train.eval_batch_size, cfg.data.num_workers
     if not items:  # more processes than images
         preds, labels = torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
-    elif model.prompts_vision:
-        loader = eval_loader(items, transform_for(model.backbone, train=False), batch, workers)
-        logits, labels = predict_loader(model, loader, device, precision, f"eval {dataset.name}", progress=progress)
-        preds = logits.argmax(-1)
     else:
-        features, labels = frozen_features(model.backbone, items, cfg.output.cache_dir, batch, workers, device,
-                                           precision, f"features {dataset.name}", progress)
-        logits, labels = predict_loader(model, feature_loader(features, labels, batch), device, precision,
-                                        f"eval {dataset.name}", image_features=lambda cached: cached,
-                                        progress=progress)
+        loader, encode = evaluation_inputs(model, items, cfg, device, precision, dataset.name, progress)
+        logits, labels = predict_loader(model, loader, device, precision, f"eval {dataset.name}", encode, progress)
         preds = logits.argmax(-1)
     if distributed is not None:
         preds, labels = distributed.gather(preds, labels)

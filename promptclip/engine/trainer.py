@@ -10,21 +10,21 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from tqdm.auto import tqdm
 
-from ..callbacks import Callback
-from ..config import Config, OptimConfig
-from ..data.base import Item
-from ..data.loaders import image_loader, train_batches, transform_for, view_index, view_seeds
+from ..config import OptimConfig
+from ..data.loaders import train_batches
 from ..errors import ConfigError, TrainingError
+from ..hooks import Callback
 from ..model import PromptedCLIP
 from ..runs import CHECKPOINT, METRICS
 from ..utils import atomic_write_bytes, atomic_write_text
-from .cache import TrainingViews
+from .inputs import TrainingInputs
 from .precision import autocast
+from .setup import RunSetup
 
 log = logging.getLogger("promptclip")
 LINE_EVERY_STEPS = 20  # off a terminal, a progress line every this many steps (as Dassl prints) ...
@@ -57,42 +57,54 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
-def save_checkpoint(path: Path, epoch: int, model: PromptedCLIP, optimizer, scaler,
-                    callbacks: Optional[Dict[str, Callback]] = None) -> None:
-    state = {"epoch": epoch, "learners": {side: l.state_dict() for side, l in model.learners().items()},
-             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
-             "callbacks": {name: cb.state_dict() for name, cb in (callbacks or {}).items()}}
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+class Checkpoint:
+    """A run's resumable state in ``path``: the learners, the optimizer, the grad scaler and the callbacks."""
+
+    def __init__(self, path: Path, model: PromptedCLIP, optimizer, scaler: torch.amp.GradScaler,
+                 callbacks: Dict[str, Callback]):
+        self.path, self.model, self.optimizer, self.scaler, self.callbacks = path, model, optimizer, scaler, callbacks
+
+    def save(self, epoch: int) -> None:
+        state = {"epoch": epoch, "learners": {side: l.state_dict() for side, l in self.model.learners().items()},
+                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                 "callbacks": {name: cb.state_dict() for name, cb in self.callbacks.items()}}
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(self.path, buffer.getvalue())
+
+    def restore(self, device: torch.device) -> int:
+        """Restore the checkpoint, if any, and return the number of finished epochs; a damaged one restores nothing
+        and gives 0."""
+        if not self.path.exists():
+            return 0
+        epoch = self._load(device)
+        if epoch:
+            log.info("Resuming %s after epoch %d.", self.path.parent.parent, epoch)
+        return epoch
+
+    def _load(self, device: torch.device) -> int:
+        try:
+            state = torch.load(self.path, map_location=device, weights_only=True)
+            learners = {side: state["learners"][side] for side in self.model.learners()}
+            callback_states = {name: state["callbacks"][name] for name in self.callbacks}
+            epoch = int(state["epoch"])
+        except Exception as err:  # noqa: BLE001  (a damaged checkpoint only costs the epochs it held)
+            log.warning("%s is damaged (%s); training from the start.", self.path,
+                        str(err).splitlines()[0] if str(err) else type(err).__name__)
+            return 0
+        for side, learner in self.model.learners().items():
+            learner.load_state_dict(learners[side])
+        for name, callback in self.callbacks.items():
+            callback.load_state_dict(callback_states[name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        return epoch
 
 
-def load_checkpoint(path: Path, model: PromptedCLIP, optimizer, scaler, device,
-                    callbacks: Optional[Dict[str, Callback]] = None) -> int:
-    """Restore a checkpoint and return the number of finished epochs; a damaged one restores nothing and gives 0."""
-    callbacks = callbacks or {}
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-        learners = {side: state["learners"][side] for side in model.learners()}
-        callback_states = {name: state["callbacks"][name] for name in callbacks}
-        epoch = int(state["epoch"])
-    except Exception as err:  # noqa: BLE001  (a damaged checkpoint only costs the epochs it held)
-        log.warning("%s is damaged (%s); training from the start.", path, str(err).splitlines()[0] if str(err)
-                    else type(err).__name__)
-        return 0
-    for side, learner in model.learners().items():
-        learner.load_state_dict(learners[side])
-    for name, callback in callbacks.items():
-        callback.load_state_dict(callback_states[name])
-    optimizer.load_state_dict(state["optimizer"])
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    return epoch
-
-
-def _non_finite(what: str, epoch: int, step: int, steps: int, saved: int, cfg: Config, precision: str
-                ) -> TrainingError:
+def _non_finite(what: str, epoch: int, step: int, steps: int, saved: int, setup: RunSetup) -> TrainingError:
     """The error for a diverged run: where it happened, what was kept, and what to change."""
+    cfg, precision = setup.cfg, setup.precision
     kept = f"the last checkpoint holds epoch {saved}" if saved else "no checkpoint was written"
     fp32 = " or use train.precision=fp32" if precision != "fp32" else ""
     return TrainingError(f"{what} at epoch {epoch + 1}/{cfg.train.epochs}, step {step + 1}/{steps} (optim.lr="
@@ -225,111 +237,117 @@ class Progress:
         self.epoch_bar.close()
 
 
-def train(model: PromptedCLIP, items: List[Item], cfg: Config, device: torch.device, precision: str,
-          run_dir: Path, progress: bool = True, on_epoch_end: Optional[Callable[[int], None]] = None,
-          sampler_factory: Optional[Callable] = None, wrap: Optional[Callable] = None,
-          batch_size: Optional[int] = None, is_main: bool = True, views: Optional[TrainingViews] = None,
-          callbacks: Optional[Dict[str, Callback]] = None) -> dict:
-    """Train the model's prompts on ``items``; resumes from ``run_dir/checkpoint`` if present.
+def epoch_batches(epoch: int, num_items: int, setup: RunSetup) -> Tuple[List[List[int]], bool]:
+    """This process's batches of item indices for ``epoch`` (a shuffle that depends only on (seed, epoch)), capped
+    at ``train.max_steps_per_epoch`` optimizer steps; and whether that cap cut the epoch short."""
+    tc, dist = setup.cfg.train, setup.distributed
+    generator = torch.Generator().manual_seed(epoch_seed(setup.cfg.seed, epoch))
+    sampler = dist.sampler(num_items, setup.cfg.seed, epoch) if dist is not None else None
+    batch_size = dist.local_batch_size(tc.batch_size) if dist is not None else tc.batch_size
+    batches = train_batches(num_items, batch_size, generator, sampler)
+    steps = min(len(batches), tc.max_steps_per_epoch * max(1, tc.accum_steps)) if tc.max_steps_per_epoch \
+        else len(batches)
+    return batches[:steps], steps < len(batches)
 
-    ``views`` gives each epoch's frozen image features: in place of the images for a model that does not prompt the
-    image tower; beside them, as ``ModelOutput.frozen_image_features``, for one that does (PromptSRC's image term),
-    so those come from the feature cache too. ``callbacks`` run after every epoch (their state goes into the
-    checkpoint) and once at the end. ``sampler_factory(epoch)``, ``wrap(model)``, ``batch_size`` (this process's
-    share of ``train.batch_size``) and ``is_main`` (only the main process writes metrics and checkpoints) are the
-    hooks distributed training uses.
-    """
-    tc = cfg.train
+
+class EpochMeter:
+    """An epoch's loss terms and accuracy, weighted by batch size."""
+
+    def __init__(self):
+        self.totals: Dict[str, float] = {}
+        self.correct = self.seen = 0
+
+    def add(self, loss: float, out, labels: torch.Tensor) -> None:
+        for name, value in {"loss": loss, **out.terms}.items():
+            self.totals[name] = self.totals.get(name, 0.0) + float(value) * len(labels)
+        self.correct += int((out.logits.argmax(-1) == labels).sum())
+        self.seen += len(labels)
+
+    @property
+    def loss(self) -> float:
+        return self.totals["loss"] / self.seen
+
+    @property
+    def accuracy(self) -> float:
+        return 100.0 * self.correct / max(self.seen, 1)
+
+    def summary(self) -> dict:
+        return {**{k: v / max(self.seen, 1) for k, v in self.totals.items()}, "train_accuracy": self.accuracy}
+
+
+def train(model: PromptedCLIP, inputs: TrainingInputs, setup: RunSetup, callbacks: Optional[Dict[str, Callback]] = None,
+          on_epoch_end: Optional[Callable[[int], None]] = None) -> dict:
+    """Train the model's learnable parameters on ``inputs``, resuming from the run's checkpoint if present;
+    ``callbacks`` run after every epoch (their state is checkpointed) and at the end. Returns the last epoch's
+    metrics. Only the main process writes; under DDP each process takes its share of every global batch."""
+    cfg, tc, device, callbacks = setup.cfg, setup.cfg.train, setup.device, callbacks or {}
     params = model.trainable_parameters()
     if not params:
         raise ConfigError(f"{cfg.method_name} has nothing to train; set train.epochs=0 to only evaluate.")
     optimizer = build_optimizer(cfg.optim, params)
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-    ckpt = run_dir / CHECKPOINT
-    metrics_path = run_dir / METRICS
-    start = 0  # epochs already trained
-    if ckpt.exists():
-        start = load_checkpoint(ckpt, model, optimizer, scaler, device, callbacks)
-        if start:
-            log.info("Resuming %s from epoch %d/%d.", run_dir, start, tc.epochs)
-    if is_main:
-        _keep_metrics_before(metrics_path, start)
-    forward = wrap(model) if wrap is not None else model
-    feed_features = views is not None and not model.prompts_vision
-    transform = transform_for(model.backbone, train=cfg.data.augment)
-    accum = max(1, tc.accum_steps)
-    shown = Progress(progress, f"train {cfg.method_name}", start, tc.epochs)
-    last = {}
-    saved = start  # epochs in the checkpoint on disk
+    scaler = torch.amp.GradScaler("cuda", enabled=setup.precision == "fp16")
+    checkpoint = Checkpoint(setup.run_dir / CHECKPOINT, model, optimizer, scaler, callbacks)
+    start = saved = checkpoint.restore(device)  # epochs already trained; those in the checkpoint on disk
+    if setup.is_main:
+        _keep_metrics_before(setup.run_dir / METRICS, start)
+    forward = setup.distributed.wrap(model) if setup.distributed is not None else model
+    shown, accum, last = Progress(setup.progress, f"train {cfg.method_name}", start, tc.epochs), tc.accum_steps, {}
     try:
         for epoch in range(start, tc.epochs):
-            lr = lr_at(cfg.optim, epoch, tc.epochs)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            torch.manual_seed(epoch_seed(cfg.seed, epoch))
-            generator = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
-            sampler = sampler_factory(epoch) if sampler_factory is not None else None
-            started = time.time()
-            batches = train_batches(len(items), batch_size or tc.batch_size, generator, sampler)
-            steps = len(batches) if not tc.max_steps_per_epoch else min(len(batches), tc.max_steps_per_epoch * accum)
-            if views is not None:
-                cut = [i for batch in batches[:steps] for i in batch] if steps < len(batches) else None
-                features, targets = views.features(epoch, cut)
-            if feed_features:
-                data = ((features[b], targets[b]) for b in map(torch.tensor, batches[:steps]))
-            else:
-                seeds = view_seeds(items, cfg.seed, view_index(epoch, tc.views)) if cfg.data.augment else None
-                data = image_loader(items, transform, batches[:steps], cfg.data.num_workers, seeds)
+            lr, started, meter = _start_epoch(epoch, optimizer, setup), time.time(), EpochMeter()
+            batches, cut_short = epoch_batches(epoch, len(inputs), setup)
             model.train()
-            totals: dict = {}
-            correct = seen = 0
-            shown.start_epoch(epoch, steps, lr)
-            optimizer.zero_grad(set_to_none=True)
-            for step, (inputs, labels) in enumerate(data):
-                inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                with autocast(device, precision):
-                    if feed_features:
-                        out = forward(None, labels, image_features=inputs)
-                    elif views is not None:  # the same views' frozen features, for the losses that compare to them
-                        frozen = features[torch.tensor(batches[step])].to(device, non_blocking=True)
-                        out = forward(inputs, labels, frozen_image_features=frozen)
-                    else:
-                        out = forward(inputs, labels)
+            shown.start_epoch(epoch, len(batches), lr)
+            for step, (kwargs, labels) in enumerate(inputs.epoch(epoch, batches, cut_short)):
+                labels = labels.to(device, non_blocking=True)
+                with autocast(device, setup.precision):
+                    out = forward(labels=labels, **{k: v.to(device, non_blocking=True) for k, v in kwargs.items()})
                 loss_value = float(out.loss.detach())  # the step's one device sync, also the logged value
                 if not math.isfinite(loss_value):
-                    raise _non_finite(f"The loss became {loss_value}", epoch, step, steps, saved, cfg, precision)
-                loss = out.loss / accum
-                (scaler.scale(loss) if scaler is not None else loss).backward()
-                if (step + 1) % accum == 0 or step + 1 == steps:
-                    if scaler is not None:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
+                    raise _non_finite(f"The loss became {loss_value}", epoch, step, len(batches), saved, setup)
+                scaler.scale(out.loss / accum).backward()
+                if (step + 1) % accum == 0 or step + 1 == len(batches):
+                    scaler.step(optimizer)
+                    scaler.update()
                     optimizer.zero_grad(set_to_none=True)
-                for name, value in {"loss": loss_value, **out.terms}.items():
-                    totals[name] = totals.get(name, 0.0) + float(value) * len(labels)
-                correct += int((out.logits.argmax(-1) == labels).sum())
-                seen += len(labels)
-                shown.step(step, totals["loss"] / seen, 100.0 * correct / seen)
+                meter.add(loss_value, out, labels)
+                shown.step(step, meter.loss, meter.accuracy)
             if not all(bool(torch.isfinite(p).all()) for p in params):
-                raise _non_finite("The prompts became non-finite", epoch, steps - 1, steps, saved, cfg, precision)
-            last = {"epoch": epoch, "lr": lr, **{k: v / max(seen, 1) for k, v in totals.items()},
-                    "train_accuracy": 100.0 * correct / max(seen, 1), "seconds": round(time.time() - started, 3)}
+                raise _non_finite("The prompts became non-finite", epoch, len(batches) - 1, len(batches), saved, setup)
+            last = {"epoch": epoch, "lr": lr, **meter.summary(), "seconds": round(time.time() - started, 3)}
             shown.end_epoch(last)
-            finished = epoch + 1
-            for callback in (callbacks or {}).values():
-                callback.on_epoch_end(epoch, model)
-            if is_main:
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(last) + "\n")
-                if tc.checkpoint_every and (finished % tc.checkpoint_every == 0 or finished == tc.epochs):
-                    save_checkpoint(ckpt, finished, model, optimizer, scaler, callbacks)
-                    saved = finished
+            saved = _end_epoch(epoch, last, model, checkpoint, setup, callbacks) or saved
             if on_epoch_end is not None:
                 on_epoch_end(epoch)
     finally:
         shown.close()
-    for callback in (callbacks or {}).values():
+    for callback in callbacks.values():
         callback.on_train_end(model)
     return last
+
+
+def _start_epoch(epoch: int, optimizer: torch.optim.Optimizer, setup: RunSetup) -> float:
+    """Set the epoch's learning rate and the global random stream (prompt dropout); returns the rate."""
+    lr = lr_at(setup.cfg.optim, epoch, setup.cfg.train.epochs)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    torch.manual_seed(epoch_seed(setup.cfg.seed, epoch))
+    optimizer.zero_grad(set_to_none=True)
+    return lr
+
+
+def _end_epoch(epoch: int, metrics: dict, model: PromptedCLIP, checkpoint: Checkpoint, setup: RunSetup,
+               callbacks: Dict[str, Callback]) -> int:
+    """Run the callbacks; on the main process append the metrics and save a due checkpoint. Returns the epochs
+    the checkpoint now holds (0: none saved)."""
+    finished, every = epoch + 1, setup.cfg.train.checkpoint_every
+    for callback in callbacks.values():
+        callback.on_epoch_end(epoch, model)
+    if not setup.is_main:
+        return 0
+    with (setup.run_dir / METRICS).open("a") as f:
+        f.write(json.dumps(metrics) + "\n")
+    if every and (finished % every == 0 or finished == setup.cfg.train.epochs):
+        checkpoint.save(finished)
+        return finished
+    return 0

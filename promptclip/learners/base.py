@@ -3,19 +3,28 @@
 A learner never touches open_clip. Text learners return class features through ``backbone.encode_text``; vision
 learners return :class:`~promptclip.backbone.VisionPrompts` for ``backbone.encode_image``. A learner that prompts
 both towers (MaPLe, IVLP) sets ``sides = ("text", "vision")``.
+
+The model is two stages, as timm cuts ``forward_features`` from ``forward_head``: the image tower (prompted or not)
+gives normalised image features, and the text learner's :meth:`Learner.head` turns them into logits (by default
+``τ · cos(image, class)``). A method on features (an adapter, a cache model, a probe) leaves the towers alone and
+overrides ``head``; what it needs from the data it takes in :meth:`Learner.prepare`, once before training, and
+keeps in tensors that are saved with it (``data_shaped`` names those whose size comes from the data).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, List, Optional, Tuple
+from typing import ClassVar, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from ..backbone import Architecture, FrozenCLIP, VisionPrompts
+from ..backbone import Architecture, FrozenCLIP, VisionPrompts, state_mismatch
 from ..errors import ConfigError
 from ..registry import LEARNERS
 
+
+class StateMismatch(ValueError):
+    """Saved tensors that do not fit the learner they are loaded into (names and shapes in the message)."""
 
 
 @dataclass
@@ -50,6 +59,19 @@ class Learner(nn.Module):
         result fields (``test`` metrics included when ``cfg.train.evaluate``)."""
         raise NotImplementedError(f"{cls.__name__} trains by gradient steps, not in closed form.")
 
+    #: uses the training data only in :meth:`prepare` (a cache model, class statistics): nothing to train by gradient
+    training_free: ClassVar[bool] = False
+    #: state entries (top-level parameters or buffers) whose first dimension comes from the training data (a cache
+    #: of N keys): sized from the saved tensors when a run is loaded; the other dimensions must match
+    data_shaped: ClassVar[Tuple[str, ...]] = ()
+
+    @classmethod
+    def resolve(cls, cfg, backbone: FrozenCLIP):
+        """``cfg`` with the options that depend on the backbone resolved (CoOp's context length from its init
+        words): the factory builds the learner from the result and saves it, so no learner writes into its
+        config."""
+        return cfg
+
     @classmethod
     def architecture_problems(cls, cfg, arch: Architecture) -> List[str]:
         """What of ``cfg`` the backbone ``arch`` cannot run (more prompted layers than a tower has ...), one phrase
@@ -83,6 +105,48 @@ class Learner(nn.Module):
         """Prompt tokens for the image tower, or None."""
         return None
 
+    def prepare(self, context) -> None:
+        """Once before training, with the :class:`~promptclip.hooks.PrepareContext` the losses get: build what the
+        learner needs from the data (a cache model, class means). Default: nothing."""
+
+    def after_training(self, context) -> None:
+        """Once after training (right after :meth:`prepare` for a method with nothing to train), before the run
+        is evaluated and saved: e.g. a hyper-parameter search on ``context.validation()``. Default: nothing."""
+
+    def hyperparameters(self) -> Dict[str, float]:
+        """Values the learner chose from data (a search on validation), recorded in ``result.json``."""
+        return {}
+
+    def head(self, image_features: torch.Tensor, class_features: torch.Tensor,
+             logit_scale: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, C]`` from normalised image features ``[B, E]`` and this learner's class features; only the
+        text learner's head is used. Default: ``τ · cos``."""
+        return scaled_cosine(image_features, class_features, logit_scale)
+
+    def load_learned(self, state: Dict[str, torch.Tensor]) -> None:
+        """Load saved state: entries named in ``data_shaped`` are first sized as saved (only their first dimension
+        may differ), then every entry must fit exactly. A misfit raises :class:`StateMismatch` naming it."""
+        for name in self.data_shaped:
+            current = getattr(self, name)
+            if name in state and state[name].shape[1:] == current.shape[1:]:
+                fresh = torch.zeros(state[name].shape, dtype=current.dtype, device=current.device)
+                setattr(self, name, nn.Parameter(fresh, current.requires_grad)
+                        if isinstance(current, nn.Parameter) else fresh)
+        mismatch = state_mismatch({k: v.shape for k, v in state.items()},
+                                  {k: v.shape for k, v in self.state_dict().items()})
+        if mismatch:
+            raise StateMismatch(mismatch)
+        self.load_state_dict(state, strict=True)
+
+
+def scaled_cosine(image_features: torch.Tensor, class_features: torch.Tensor, logit_scale: torch.Tensor
+                  ) -> torch.Tensor:
+    """``τ · image @ class.T`` for normalised features; per image for image-conditioned ``[B, C, E]`` classes."""
+    class_features = class_features.to(image_features.dtype)
+    if class_features.dim() == 3:
+        return logit_scale * torch.einsum("be,bce->bc", image_features, class_features)
+    return logit_scale * image_features @ class_features.t()
+
 
 def config_problems(cfg, arch: Architecture) -> List[str]:
     """Every problem of a run config's learners (``cfg.text``, ``cfg.vision``) on the backbone ``arch``."""
@@ -106,5 +170,6 @@ def check_architecture(arch: Architecture, *learner_cfgs) -> None:
 
 
 def build_learner(cfg, backbone: FrozenCLIP, classnames: List[str], template: str, dataset: str = "") -> Learner:
+    """The registered learner ``cfg.name`` built from ``cfg`` with its backbone-dependent options resolved."""
     cls = LEARNERS.get(cfg.name)
-    return cls(cfg, backbone, classnames, template, dataset)
+    return cls(cls.resolve(cfg, backbone), backbone, classnames, template, dataset)

@@ -1,6 +1,7 @@
 """CoOp (Zhou et al., IJCV 2022): learnable context vectors in front of (or around) each class name."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -19,7 +20,7 @@ DEFAULT_N_CTX = 16
 @dataclass
 class CoOpConfig(LearnerConfig):
     name: str = "coop"
-    #: context vectors; null: as many as text.init has tokens (the learner writes the count back), else 16
+    #: context vectors; null: as many as text.init has tokens (resolved when the model is built), else 16
     n_ctx: Optional[int] = bounded(None, ge=1)
     #: initialise the context from these words ("a photo of a"): one vector per token, so n_ctx must match
     init: Optional[str] = None
@@ -47,15 +48,22 @@ class CoOp(Learner):
 
     Config = CoOpConfig
 
+    @classmethod
+    def resolve(cls, cfg, backbone):
+        """The context length of ``text.init``: one vector per token of the init words."""
+        if not cfg.init:
+            return cfg
+        tokens = len(context_from_words(backbone, cfg.init))
+        if cfg.n_ctx not in (None, tokens):
+            raise ConfigError(f"text.n_ctx={cfg.n_ctx}, but CoOp learns one context vector per token of "
+                              f"text.init={cfg.init!r}, which has {tokens}: set text.n_ctx={tokens} (or null), or "
+                              f"text.init=null for {cfg.n_ctx} random vectors.")
+        return dataclasses.replace(cfg, n_ctx=tokens)
+
     def __init__(self, cfg, backbone, classnames, template="a photo of a {}.", dataset=""):
         super().__init__(cfg, backbone, classnames, template, dataset)
         if cfg.init:
             ctx = context_from_words(backbone, cfg.init)
-            if cfg.n_ctx not in (None, len(ctx)):
-                raise ConfigError(f"text.n_ctx={cfg.n_ctx}, but CoOp learns one context vector per token of "
-                                  f"text.init={cfg.init!r}, which has {len(ctx)}: set text.n_ctx={len(ctx)} (or "
-                                  f"null), or text.init=null for {cfg.n_ctx} random vectors.")
-            cfg.n_ctx = len(ctx)  # the saved options record the count that was learned
         else:
             shape = (len(classnames), cfg.n_ctx) if cfg.class_specific else (cfg.n_ctx,)
             ctx = torch.empty(*shape, backbone.text_width).normal_(std=cfg.init_std)
