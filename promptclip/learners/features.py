@@ -7,14 +7,17 @@ templates and saved with the rest of its state, so a loaded run needs no text to
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import ClassVar, List, Literal
+from typing import ClassVar, List, Literal, Sequence
 
 import torch
 
 from ..errors import ConfigError
-from ..templates import TemplateChoice, check_templates
+from ..templates import COOP_ENSEMBLE, TemplateChoice, check_templates, fill, resolve_templates
 from .base import Learner, LearnerConfig
+
+log = logging.getLogger("promptclip")
 
 #: fixed: the published defaults, no validation data read; val: the reference's search on the few-shot validation
 #: split (min(shots, 4) per class, as CoOp draws it), never on test
@@ -38,10 +41,29 @@ class FeatureMethodConfig(LearnerConfig):
         check_templates(self.templates, "text.templates")
 
 
+def imagenet_ensemble(dataset: str, template: str, with_photo: bool = False) -> List[str]:
+    """The templates of the feature-method references: the dataset's own (CoOp's per-dataset template, which they
+    all share), and on ImageNet CoOp's 7-template ensemble instead (Tip-Adapter, LP++, GDA), ``with_photo`` plus
+    "a photo of a {}." (TaskRes, CLAP)."""
+    if dataset != "ImageNet":
+        return [template]
+    return list(COOP_ENSEMBLE) + (["a photo of a {}."] if with_photo else [])
+
+
+@torch.no_grad()
+def raw_template_mean(backbone, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """``[C, E]``: per class, the mean over ``templates`` of the raw (unnormalised) text features, as TaskRes and
+    CLAP average them (CLIP's own ensembling normalises each first)."""
+    return torch.stack([backbone.encode_text_ids(backbone.tokenize(fill(t, classnames))).float()
+                        for t in templates]).mean(0)
+
+
 class FeatureMethod(Learner):
     """Zero-shot class weights as class features (``text_features``); subclasses add a head and its state."""
 
     Config: ClassVar[type] = FeatureMethodConfig
+    #: its reference searches hyper-parameters on validation (``hparams: val`` does something)
+    searches: ClassVar[bool] = False
 
     def __init__(self, cfg, backbone, classnames, template="a photo of a {}.", dataset=""):
         super().__init__(cfg, backbone, classnames, template, dataset)
@@ -51,11 +73,21 @@ class FeatureMethod(Learner):
         """The reference's templates for ``dataset`` (``templates: dataset``); default: the dataset's own."""
         return [template]
 
+    def templates(self, context) -> List[str]:
+        """The zero-shot templates of ``cfg.templates`` for the context's dataset."""
+        if self.cfg.templates == "dataset":
+            return self.dataset_templates(context.dataset, context.template)
+        return resolve_templates(self.cfg.templates, context.template, context.dataset)
+
     def prepare(self, context) -> None:
-        templates = self.cfg.templates
-        if templates == "dataset":
-            templates = self.dataset_templates(context.dataset, context.template)
-        self.zeroshot = context.zeroshot_class_features(templates).float()
+        self.zeroshot = context.zeroshot_class_features(self.templates(context)).float()
+        self.note_hparams()
+
+    def note_hparams(self) -> None:
+        """Say so when ``hparams: val`` asks a method whose reference searches nothing."""
+        if self.cfg.hparams == "val" and not self.searches:
+            log.info("%s: its reference searches nothing on validation; hparams=val runs its fixed defaults.",
+                     self.cfg.name)
 
     def text_features(self, backbone, image_features=None) -> torch.Tensor:
         return self.zeroshot
