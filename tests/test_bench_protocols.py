@@ -19,7 +19,7 @@ def runs_of(name, *overrides):
 
 def test_few_shot_protocol_follows_the_reference_schedule():
     runs = runs_of("few_shot")
-    assert len(runs) == 11 + 5 * 11 * 5 * 3  # zero-shot once per dataset; 5 methods × 5 shots × 3 seeds
+    assert len(runs) == 11 + 12 * 11 * 5 * 3  # zero-shot once per dataset; 12 methods × 5 shots × 3 seeds
     epochs = {k: runs[f"coop/ViT-B-16_openai/DescribableTextures/all/shots_{k}/seed_1"].config.train.epochs
               for k in (1, 2, 4, 8, 16)}
     assert epochs == {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
@@ -36,6 +36,28 @@ def test_few_shot_protocol_follows_the_reference_schedule():
     probe = runs["linear_probe/ViT-B-16_openai/Caltech101/all/shots_4/seed_2"].config
     assert probe.text.name == "linear_probe" and probe.data.shots == 4 and probe.seed == 2
     assert str(probe.output.dir).endswith("runs/few_shot/linear_probe/ViT-B-16_openai/Caltech101/all/shots_4/seed_2")
+
+
+FEATURE_METHODS = ("clip_adapter", "tip_adapter", "tip_adapter_f", "taskres", "lp_plus_plus", "zs_lp", "gda")
+
+
+def test_few_shot_protocol_runs_the_methods_on_features_with_fixed_hyperparameters():
+    runs = runs_of("few_shot")
+
+    def cfg(method, dataset="DescribableTextures", shots=16):
+        return runs[f"{method}/ViT-B-16_openai/{dataset}/all/shots_{shots}/seed_1"].config
+
+    assert {cfg(m).text.hparams for m in FEATURE_METHODS} == {"fixed"}  # the protocol's `hparams: fixed`
+    assert {k: cfg("clip_adapter", shots=k).train.epochs for k in (1, 2, 16)} == {1: 50, 2: 100, 16: 200}
+    assert cfg("clip_adapter", "ImageNet").train.epochs == 50
+    assert {k: cfg("taskres", shots=k).train.epochs for k in (4, 8)} == {4: 100, 8: 200}
+    assert (cfg("taskres", "ImageNet").optim.lr, cfg("taskres").optim.lr) == (0.0002, 0.002)
+    assert (cfg("tip_adapter_f", "EuroSAT").train.epochs, cfg("tip_adapter_f").train.epochs) == (100, 20)
+    assert cfg("tip_adapter").train.epochs == cfg("gda").train.epochs == cfg("lp_plus_plus").train.epochs == 0
+    searched = runs_of("few_shot", "hparams=val", "datasets=[EuroSAT]", "shots=[1]", "seeds=[1]")
+    modes = {r.method: getattr(r.config.text, "hparams", None) for r in searched.values()}
+    assert {m: modes[m] for m in FEATURE_METHODS} == dict.fromkeys(FEATURE_METHODS, "val")
+    assert modes["coop"] is None  # a method without the option is untouched
 
 
 def test_base_to_new_protocol_trains_on_base_and_evaluates_new():

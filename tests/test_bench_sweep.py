@@ -64,6 +64,25 @@ def test_few_shot_end_to_end(data, tmp_path, capsys):
     assert shard_ids == [r["id"] for r in manifest["runs"]][1::4]
 
 
+def test_few_shot_sweeps_and_reports_the_methods_on_features(data, tmp_path):
+    """The seven run in a sweep on the same draws as CoOp, are reported, and the report names their mode."""
+    root = tmp_path / "runs"
+    methods = ["clip_adapter", "tip_adapter", "tip_adapter_f", "taskres", "lp_plus_plus", "zs_lp", "gda"]
+    fast = ["clip_adapter:train.epochs=1", "tip_adapter_f:train.epochs=1", "taskres:train.epochs=1",
+            "zs_lp:train.epochs=1", "lp_plus_plus:text.iterations=5", "gda:text.views=2",
+            "tip_adapter:text.augment_epoch=2", "tip_adapter_f:text.augment_epoch=2"]
+    assert cli("bench", "few_shot", *common(data, root), "datasets=[EuroSAT]", "shots=[2]", "seeds=[1]",
+               f"methods=[coop, {', '.join(methods)}]", "coop:train.epochs=1", *fast, "--no-progress") == 0
+    assert cli("report", str(root)) == 0
+    rows = table(root, "few_shot")
+    for method in ["coop", *methods]:
+        run_dir = root / f"{method}/tiny-vit_random/EuroSAT/all/shots_2/seed_1"
+        assert float(rows[(method, "2", "EuroSAT", "accuracy")]["mean"]) == pytest.approx(accuracy(run_dir), abs=1e-4)
+        assert (run_dir / "prompts.safetensors").is_file() and (run_dir / "identity.json").is_file(), method
+    text = (root / "report" / "report.md").read_text()
+    assert "Hyper-parameters (text.hparams): fixed for " + ", ".join(sorted(methods)) + "." in text
+
+
 def test_base_to_new_end_to_end(data, tmp_path):
     root = tmp_path / "runs"
     assert cli("bench", "base_to_new", *common(data, root), TWO, "shots=[2]", "seeds=[1]", "coop_b2n:train.epochs=1",

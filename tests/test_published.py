@@ -56,7 +56,7 @@ def test_rows_are_unique_and_name_known_methods_and_datasets():
     assert [key for key, count in keys.items() if count > 1] == []
     assert {n.method for n in NUMBERS} <= set(METHODS)
     datasets = {"base_to_new": {AVERAGE, *ELEVEN}, "cross_dataset": {AVERAGE, *ELEVEN},
-                "domain_generalization": {"ImageNet", *SHIFTS}, "few_shot": {AVERAGE}}
+                "domain_generalization": {"ImageNet", *SHIFTS}, "few_shot": {AVERAGE, *ELEVEN}}
     for n in NUMBERS:
         assert n.dataset in datasets[n.protocol], n
         assert 0 < n.value < 100, n
@@ -126,3 +126,21 @@ def test_spot_values_read_from_the_tables():
     for (method, dataset), expected in cells.items():
         got = tuple(VALUES[("base_to_new", method, dataset, m, "ViT-B-16")] for m in ("base", "new", "H"))
         assert got == expected, (method, dataset)
+
+
+def test_few_shot_rows_of_the_methods_on_features_average_their_eleven_datasets_per_backbone():
+    rows = {(n.method, n.backbone) for n in NUMBERS if n.protocol == "few_shot" and n.dataset != AVERAGE}
+    assert rows == {("CLIP-Adapter", "RN50"), ("Tip-Adapter", "RN50"), ("Tip-Adapter-F", "RN50"), ("GDA", "RN50"),
+                    ("GDA", "ViT-B-16")}
+    for method, backbone in rows:
+        values = [VALUES[("few_shot", method, d, "accuracy", backbone)] for d in ELEVEN]
+        average = VALUES[("few_shot", method, AVERAGE, "accuracy", backbone)]
+        assert average == pytest.approx(sum(values) / 11, abs=ROUNDING), (method, backbone)
+
+
+def test_lookup_picks_the_number_of_the_runs_backbone():
+    assert lookup("few_shot", "gda", AVERAGE, "accuracy", "RN50", "openai", 16).value == 76.05
+    assert lookup("few_shot", "gda", AVERAGE, "accuracy", "ViT-B-16", "openai", 16).value == 81.85
+    assert lookup("few_shot", "gda", "ImageNet", "accuracy", "ViT-B-16", "openai", 16).value == 72.24
+    assert lookup("few_shot", "tip_adapter", AVERAGE, "accuracy", "ViT-B-16", "openai", 16) is None  # RN50 only
+    assert lookup("few_shot", "tip_adapter_f", AVERAGE, "accuracy", "RN50", "openai", 8) is None  # 16 shots only

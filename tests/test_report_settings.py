@@ -193,3 +193,17 @@ def test_few_shot_plots_with_error_bars_and_several_methods(tmp_path):
     assert all(p.stat().st_size > 20_000 for p in report.plots)
     text = report.markdown.read_text()
     assert "| coop | 4 | 62.00 ± 0.82 (n=3) | 62.00 ± 0.82 (n=3) | 62.00 |" in text
+
+
+def test_the_report_says_how_the_methods_on_features_chose_their_hyperparameters(tmp_path):
+    for seed in (1, 2):
+        run(tmp_path, f"tip_adapter/s{seed}", "tip_adapter", seed=seed,
+            identity=settings(seed=seed, **{"text.hparams": "val"}))
+        run(tmp_path, f"gda/s{seed}", "gda", seed=seed, identity=settings(seed=seed, **{"text.hparams": "fixed"}))
+        run(tmp_path, f"coop/s{seed}", seed=seed)
+    text = write_report(tmp_path, plots=False).markdown.read_text()
+    line = next(line for line in text.splitlines() if line.startswith("Hyper-parameters (text.hparams)"))
+    assert line.startswith("Hyper-parameters (text.hparams): fixed for gda; val for tip_adapter.")
+    assert "never on test" in line and "coop" not in line
+    run(tmp_path / "prompts_only", "coop/s1")
+    assert "Hyper-parameters" not in write_report(tmp_path / "prompts_only", plots=False).markdown.read_text()

@@ -11,6 +11,14 @@ each (the least disturbed by other load) and their ratio. On CPU every step row 
 resident memory is its own; on a GPU the peak is the memory allocated during the step (a row that runs out of GPU
 memory says so and the others go on).
 
+``features`` counts image-tower work instead of timing it: the few-shot protocol's sweep (shots {1, 2, 4, 8, 16},
+seeds {1, 2, 3}, its epoch rules, ``hparams=val``) of CoOp, then every method on features, on digits with a
+validation split, all runs sharing one backbone and one feature cache as a sweep does. It counts the images the
+image tower encodes per method, checks that no (image, view) is encoded twice (every encoded row is a cache entry
+written once), and times the methods-on-features part of the sweep beside one 16-shot CoOp run:
+
+    python tools/benchmark.py --only features --model tiny-vit --threads 2 --write docs/benchmarks.md
+
 Training from cached views (warm vs cold steps, the few-shot sweep's image-tower work, ``train.views``) is measured by
 ``tools/views_speed.py``, which trains real runs; both write to docs/benchmarks.md.
 """
@@ -19,8 +27,12 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 import torch
 
@@ -28,7 +40,10 @@ from promptclip.backbone import FrozenCLIP
 from promptclip.bench import speed
 from promptclip.devices import resolve_device, resolve_precision
 
-SECTIONS = ("startup", "text", "zeroshot", "steps", "cocoop")
+SECTIONS = ("startup", "text", "zeroshot", "steps", "cocoop", "features")
+#: the methods on features, as the few-shot protocol runs them (presets in configs/methods/)
+FEATURE_METHODS = ("clip_adapter", "tip_adapter", "tip_adapter_f", "taskres", "lp_plus_plus", "zs_lp", "gda")
+
 
 
 def machine(device: torch.device) -> str:
@@ -119,6 +134,64 @@ def to_markdown(rows, header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def digits_with_val(root: Path, per_class: int = 10) -> Path:
+    """scikit-learn's digits as an image folder with a validation split: ``per_class`` training images per class
+    moved to ``val/``, so that the methods' ``hparams: val`` searches read features of their own."""
+    from promptclip.demo import write_digits
+
+    write_digits(root)
+    for folder in sorted((root / "train").iterdir()):
+        (root / "val" / folder.name).mkdir(parents=True, exist_ok=True)
+        for image in sorted(folder.iterdir())[:per_class]:
+            image.rename(root / "val" / folder.name / image.name)
+    return root
+
+
+def feature_sweep(args) -> list:
+    """Image-tower work of the few-shot protocol's sweep of CoOp and every method on features on digits, planned by
+    the protocol itself (its epoch rules; ``hparams=val``, so the validation features are counted too)."""
+    from promptclip.bench.protocols import expand, load_protocol, split_overrides
+    from promptclip.engine import run
+    from promptclip.engine.cache import FeatureCache
+
+    work = Path(tempfile.mkdtemp(prefix="feature-sweep-"))
+    root = digits_with_val(work / "digits")
+    overrides = [f"datasets=[{{name: digits, data: {{name: imagefolder, root: {root}}}}}]",
+                 f"methods=[coop, {', '.join(FEATURE_METHODS)}]", "hparams=val",
+                 f"shots=[{', '.join(map(str, args.sweep_shots))}]", f"seeds=[{', '.join(map(str, args.sweep_seeds))}]",
+                 f"model.name={args.model[0]}", "model.pretrained=null", "train.device=cpu",
+                 f"output.root={work / 'runs'}", f"output.cache_dir={work / 'cache'}"]
+    protocol_keys, common, scoped = split_overrides(overrides)
+    specs = expand(load_protocol("few_shot", protocol_keys), common, scoped)  # CoOp's runs first
+    torch.manual_seed(0)
+    backbone = FrozenCLIP.load(args.model[0], None)
+    encoded, saved, encode, save = [], [], backbone.encode_image, FeatureCache.save
+    backbone.encode_image = lambda x, prompts=None: encoded.append(len(x)) or encode(x, prompts)
+    FeatureCache.save = lambda self, key, features, labels, note: saved.append((key, len(features))) or save(
+        self, key, features, labels, note)
+    by_method, seconds = {}, {}
+    try:
+        for spec in specs:
+            start, began = sum(encoded), time.time()
+            run(spec.config, progress=False, backbone=backbone)
+            by_method[spec.method] = by_method.get(spec.method, 0) + sum(encoded) - start
+            part = "CoOp, all runs" if spec.method == "coop" else "the methods on features, all runs"
+            seconds[part] = seconds.get(part, 0.0) + time.time() - began
+            if spec.method == "coop" and (spec.shots, spec.seed) == (max(args.sweep_shots), args.sweep_seeds[0]):
+                seconds[f"one CoOp run ({spec.shots} shots, {spec.config.train.epochs} epochs)"] = time.time() - began
+    finally:
+        backbone.encode_image, FeatureCache.save = encode, save
+        shutil.rmtree(work, ignore_errors=True)
+    keys = [key for key, _ in saved]
+    rows = [{"operation": f"{method}: images through the image tower", "seconds": None, "note": f"{count:,}"}
+            for method, count in by_method.items()]
+    rows.append({"operation": f"all {len(specs)} runs: images encoded / rows written to the feature cache",
+                 "seconds": None, "note": f"{sum(encoded):,} / {sum(n for _, n in saved):,}; every cache entry "
+                                          f"written once: {len(keys) == len(set(keys))}"})
+    rows += [{"operation": f"wall time: {what}", "seconds": value} for what, value in seconds.items()]
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", nargs="+", default=["ViT-B-16"])
@@ -136,6 +209,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed repeats per row, after one warm-up (steps: the fastest counts; others: the median)")
     parser.add_argument("--write", metavar="MARKDOWN", help="append the tables to this file")
+    parser.add_argument("--sweep-shots", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="`features` sweep shots")
+    parser.add_argument("--sweep-seeds", type=int, nargs="+", default=[1, 2, 3], help="`features` sweep seeds")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # one step row, for isolated_step_row
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -150,7 +225,13 @@ def main(argv=None) -> int:
     if "startup" in args.only:
         tables.append(to_markdown(speed.cli_startup(), f"### CLI start-up, {machine(device)}, {today}\n\n"
                                                        f"Command: `{command.strip()}`"))
-    if set(args.only) - {"startup"}:
+    if "features" in args.only:
+        shots = ", ".join(map(str, args.sweep_shots))
+        seeds = ", ".join(map(str, args.sweep_seeds))
+        tables.append(to_markdown(feature_sweep(args), f"### Few-shot sweep on features, {args.model[0]}, digits, "
+                                                       f"shots {{{shots}}}, seeds {{{seeds}}}, {machine(device)}, "
+                                                       f"{today}\n\nCommand: `{command.strip()}`"))
+    if set(args.only) - {"startup", "features"}:
         for model in args.model:
             tables.append(to_markdown(run_model(args, model, device), f"### {model}, {machine(device)}, {today}\n\n"
                                                                       f"Command: `{command.strip()}`"))

@@ -21,6 +21,7 @@ how many shots and seeds, with which settings, and what to evaluate each run's p
       - {subsample: new}           #   its own dataset's new classes
       - {datasets: [ImageNetV2, ImageNetA]}   # other datasets (all classes)
     grid: {optim.lr: [0.002, 0.02]}   # every combination is a run; the report chooses per dataset on val
+    hparams: fixed                 # methods on features (text.hparams): fixed published defaults | val search
 
 The file is checked by :func:`promptclip.config.from_dict` against :class:`ProtocolFile` (the run configs'
 validator: types, choices, bounds, unknown keys with suggestions), then resolved into a :class:`Protocol`.
@@ -37,6 +38,11 @@ combination of its values a run of its own, in ``.../shots_<K>/<grid label>/seed
 prompts are also evaluated on the run's validation split (:mod:`promptclip.engine.validation`); the report chooses,
 per method, backbone, dataset, classes and shots, the point with the best validation accuracy averaged over seeds.
 The grid's values win over every other layer; a command-line override of a key the grid tunes is refused.
+
+``hparams`` sets ``text.hparams`` of every method that has that option (the methods on features: Tip-Adapter's α/β,
+GDA's α, LP++'s iteration): ``fixed``, the published defaults with no validation data read, or ``val``, each
+reference's own search on the few-shot validation split (never on test). It sits with the protocol's ``config``:
+a method's ``config``, a rule or the command line can still set ``text.hparams`` for one method.
 """
 from __future__ import annotations
 
@@ -139,6 +145,8 @@ class ProtocolFile:
     evaluations: List[EvaluationFile] = field(default_factory=list)
     #: config key → values to try; every combination is a run of its own, chosen per dataset on the val split
     grid: Dict[str, Any] = field(default_factory=dict)
+    #: text.hparams of every method that has it: fixed (published defaults) or val (the reference's search on val)
+    hparams: Optional[Literal["fixed", "val"]] = None
 
 
 PROTOCOL_KEYS = tuple(f.name for f in dataclasses.fields(ProtocolFile))
@@ -197,6 +205,7 @@ class Protocol:
     evaluations: List[Evaluation]
     source: str
     grid: Grid = field(default_factory=dict)
+    hparams: Optional[str] = None
 
 
 @dataclass
@@ -366,6 +375,7 @@ def parse_protocol(data: dict, name: str, source: str) -> Protocol:
         evaluations=_evaluations(spec.evaluations, f"{source}: evaluations"),
         source=source,
         grid=_grid(spec.grid, f"{source}: grid"),
+        hparams=spec.hparams,
     )
 
 
@@ -472,16 +482,19 @@ def grid_label(point: Dict[str, Any]) -> str:
 def _method_grid(protocol: Protocol, method: MethodEntry, base: Config, cli_keys: Sequence[str], where: str) -> Grid:
     """The grid ``method`` is tuned over, with every key checked against its config: a key must be a config key
     (with a suggestion otherwise), must not add a loss or callback the method does not have, and must not also be
-    overridden on the command line. The protocol's grid applies to methods that train by gradient steps; a method's
-    own ``grid`` always. A method fitted in closed form (the linear probe) tunes itself on val and takes none."""
-    closed_form = LEARNERS.get(base.text.name).fits_in_closed_form
+    overridden on the command line. The protocol's grid applies to methods that train by gradient steps (not to a
+    ``training_free`` one, which has no optimiser to tune); a method's own ``grid`` always. A method fitted in closed
+    form (the linear probe) tunes itself on val and takes none."""
+    learner = LEARNERS.get(base.text.name)
+    closed_form = learner.fits_in_closed_form
     if method.grid and closed_form:
         raise ConfigError(f"{where}: {base.text.name} is fitted in closed form and chooses its own settings on the "
                           f"validation split; it takes no grid. Remove its grid.")
     if method.grid is not None:
         grid = method.grid
     else:
-        grid = protocol.grid if runs.effective_shots(base) != 0 and not closed_form else {}
+        trains = runs.effective_shots(base) != 0 and not closed_form and not learner.training_free
+        grid = protocol.grid if trains else {}
     for key, values in grid.items():
         here = f"{where}: grid key {key!r}"
         _build([to_dict(base), parse_override(f"{key}={json.dumps(values[0])}")], here)
@@ -518,6 +531,7 @@ def expand(protocol: Protocol, overrides: Sequence[str] = (), scoped: Optional[D
         cli_keys = [t.split("=", 1)[0].strip() for t in [*overrides, *mine_texts]]
         grid = _method_grid(protocol, method, named, cli_keys, f"{protocol.source}: {name}")
         named_method = {"method": name} if method.name else {}
+        modes = _hparams_layer(protocol, named)
         # a method that never sees training data (zero-shot) runs once per dataset and seed, as its 0-shot row
         shot_counts = (method.shots or protocol.shots) if runs.effective_shots(named) != 0 else (0,)
         for dataset in protocol.datasets:
@@ -533,10 +547,16 @@ def expand(protocol: Protocol, overrides: Sequence[str] = (), scoped: Optional[D
                              **named_method}
                     for point in grid_points(grid):
                         specs.append(_spec(protocol, root, name, dataset, point, where, [
-                            *presets, protocol.config, method.config, {"data": dataset.data}, *rule_layers, *cli,
-                            *mine, nested(point, f"{where}: grid"), owned]))
+                            *presets, protocol.config, modes, method.config, {"data": dataset.data}, *rule_layers,
+                            *cli, *mine, nested(point, f"{where}: grid"), owned]))
     _check(protocol, specs, method_names, scoped)
     return specs
+
+
+def _hparams_layer(protocol: Protocol, cfg: Config) -> dict:
+    """``{"text": {"hparams": mode}}`` for a method whose text learner has that option, when the protocol sets it."""
+    has = cfg.text is not None and any(f.name == "hparams" for f in dataclasses.fields(cfg.text))
+    return {"text": {"hparams": protocol.hparams}} if protocol.hparams and has else {}
 
 
 def _spec(protocol: Protocol, root: Path, name: str, dataset: DatasetEntry, point: Dict[str, Any], where: str,
@@ -627,6 +647,7 @@ def write_manifest(protocol: Protocol, specs: List[RunSpec], root: Path, overrid
     manifest = {
         "protocol": protocol.name, "kind": protocol.kind, "source": protocol.source,
         "description": protocol.description, "overrides": list(overrides),
+        **({"hparams": protocol.hparams} if protocol.hparams else {}),
         "runs": [{"id": r.id, "method": r.method, "dataset": r.dataset, "subsample": r.subsample, "shots": r.shots,
                   "seed": r.seed, "model": r.config.model.name, "pretrained": r.config.model.pretrained,
                   "dir": rel(r.run_dir), "fingerprint": r.identity.fingerprint,

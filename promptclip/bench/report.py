@@ -91,6 +91,7 @@ def write_report(directory: Path, out: Optional[Path] = None, plots: bool = True
         lines += [sweep.description, ""] if sweep.description else []
         lines += [f"Backbone: {backbone}. Published numbers are shown only for runs on the published backbone with "
                   "OpenAI weights; \"as recalled\" ones are not yet checked against the papers.", ""]
+        lines += [hparams_line(sweep.records), ""] if hparams_line(sweep.records) else []
         tables = {"accuracy": table}
         csvs = [(out / f"{sweep.name}.csv", table.csv)]
         if choices or pending:
@@ -151,6 +152,21 @@ def write_report(directory: Path, out: Optional[Path] = None, plots: bool = True
         log.warning(PLOTS_MISSING)
     report.markdown.write_text("\n".join(lines) + "\n")
     return report
+
+
+def hparams_line(records) -> str:
+    """How the methods on features chose their hyper-parameters (``text.hparams`` of the runs), or ''."""
+    modes: Dict[str, set] = {}
+    for r in records:
+        mode = (r.settings or {}).get("text.hparams")
+        if mode:
+            modes.setdefault(str(mode), set()).add(r.method)
+    if not modes:
+        return ""
+    shown = "; ".join(f"{mode} for {', '.join(sorted(methods))}" for mode, methods in sorted(modes.items()))
+    return (f"Hyper-parameters (text.hparams): {shown}. fixed: the published defaults, no validation data read; "
+            f"val: each reference's search on the few-shot validation split (min(shots, 4) per class), never on "
+            f"test.")
 
 
 def _write_csv(path: Path, rows: Sequence[dict]) -> None:
