@@ -3,10 +3,9 @@ recipes, and end-to-end runs on a coloured image folder (train, evaluate, save, 
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from bench_fixtures import coloured_folder
-from promptclip import load_run
+from method_checks import check_loads_and_predicts
 from promptclip.config import build_config
 from promptclip.engine import runner
 from promptclip.errors import ConfigError
@@ -15,7 +14,6 @@ from promptclip.hooks import PrepareContext
 from promptclip.methods.clip_adapter import CLIPAdapter, CLIPAdapterConfig
 from promptclip.methods.taskres import TaskRes, TaskResConfig
 from promptclip.model import ModelParts, create_model
-from promptclip.runs import default_run_dir
 
 CPU = torch.device("cpu")
 CLASSES = ["cat", "golden_retriever", "space shuttle"]
@@ -168,15 +166,4 @@ def test_a_run_trains_only_its_parameters_and_loads_back(tmp_path, monkeypatch, 
     assert result["num_parameters"] == sum(p.numel() for p in model.text.parameters())
     assert all(not torch.equal(p, initial[n]) for n, p in model.text.named_parameters())  # trained
 
-    loaded = load_run(default_run_dir(cfg), device="cpu")
-    paths = sorted((root / "test").rglob("*.png"))
-    images = torch.stack([loaded.transform(Image.open(p).convert("RGB")) for p in paths])
-    model.eval()
-    with torch.no_grad():
-        expected = model.head(model.image_features(images)).logits
-    torch.testing.assert_close(loaded.logits(images), expected, rtol=0, atol=1e-5)
-    labels = torch.tensor([loaded.classnames.index(p.parent.name) for p in paths])
-    assert result["test"]["accuracy"] == pytest.approx(100.0 * float((expected.argmax(-1) == labels).float().mean()))
-    predictions = loaded.predict(paths[:2], topk=2)
-    assert [p["path"] for p in predictions] == [str(p) for p in paths[:2]]
-    assert all(len(p["top"]) == 2 and p["top"][0][0] in loaded.classnames for p in predictions)
+    check_loads_and_predicts(model, cfg, root, result)

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from bench_fixtures import coloured_folder
-from promptclip import load_run
+from method_checks import check_loads_and_predicts
 from promptclip.config import build_config
 from promptclip.engine import runner
 from promptclip.hooks import PrepareContext
@@ -308,17 +307,6 @@ def test_a_run_fits_evaluates_and_loads_back(tmp_path, monkeypatch, preset, over
         assert result["num_parameters"] == 0 and model.text.weight.abs().sum() > 0
         assert chosen in result["hyperparameters"]
 
-    loaded = load_run(default_run_dir(cfg), device="cpu")
-    paths = sorted((root / "test").rglob("*.png"))
-    images = torch.stack([loaded.transform(Image.open(p).convert("RGB")) for p in paths])
-    model.eval()
-    with torch.no_grad():
-        expected = model.head(model.image_features(images)).logits
-    torch.testing.assert_close(loaded.logits(images), expected, rtol=0, atol=1e-5)
-    labels = torch.tensor([loaded.classnames.index(p.parent.name) for p in paths])
-    assert result["test"]["accuracy"] == pytest.approx(100.0 * float((expected.argmax(-1) == labels).float().mean()))
+    check_loads_and_predicts(model, cfg, root, result)
     again = runner.evaluate_run(default_run_dir(cfg), progress=False)
     assert again["test"]["accuracy"] == pytest.approx(result["test"]["accuracy"])
-    predictions = loaded.predict(paths[:2], topk=2)
-    assert [p["path"] for p in predictions] == [str(p) for p in paths[:2]]
-    assert all(len(p["top"]) == 2 and p["top"][0][0] in loaded.classnames for p in predictions)

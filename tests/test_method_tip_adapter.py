@@ -11,6 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from bench_fixtures import coloured_folder
+from method_checks import check_loads_and_predicts
 from promptclip import load_run
 from promptclip.config import build_config
 from promptclip.engine import cache as cache_module
@@ -209,15 +210,7 @@ def test_a_run_searches_on_val_saves_loads_and_predicts(tmp_path, monkeypatch, p
     assert torch.equal(saved["text.keys"], model.text.keys.detach())
     assert torch.equal(loaded.model.text.keys.detach(), model.text.keys.detach())
     assert saved["text.values"].shape == (6, 3) and torch.equal(saved["text.alpha"], model.text.alpha)
-    images = images_of(loaded, splits["test"])
-    with torch.no_grad():
-        expected = model.head(model.image_features(images)).logits
-    torch.testing.assert_close(loaded.logits(images), expected, rtol=0, atol=1e-6)
-    labels = torch.tensor([loaded.classnames.index(p.parent.name) for p in splits["test"]])
-    assert result["test"]["accuracy"] == pytest.approx(100.0 * float((expected.argmax(-1) == labels).float().mean()))
-    predictions = loaded.predict(splits["test"][:2], topk=2)
-    assert [p["path"] for p in predictions] == [str(p) for p in splits["test"][:2]]
-    assert [p["top"][0][0] for p in predictions] == [loaded.classnames[int(i)] for i in expected[:2].argmax(-1)]
+    check_loads_and_predicts(model, cfg, root, result, atol=1e-6)
 
 
 def test_a_warm_feature_cache_gives_the_cold_runs_result(tmp_path, monkeypatch):
