@@ -26,4 +26,4 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python tools/benchmark.py
 
 clean:
-	rm -rf $(VENV) demo_runs .promptclip-cache *.egg-info
+	rm -rf $(VENV) demo_runs *.egg-info

@@ -130,16 +130,29 @@ class TrainConfig:
     views: int = bounded(0, ge=0)
 
 
+def default_cache_dir() -> str:
+    """``$PROMPTCLIP_CACHE``, else the user's cache folder as the HF hub finds it (``$XDG_CACHE_HOME`` or
+    ``~/.cache``) + ``/promptclip``: never a hidden folder in the current directory."""
+    if os.environ.get("PROMPTCLIP_CACHE"):
+        return os.environ["PROMPTCLIP_CACHE"]
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+                        "promptclip")
+
+
 @dataclass
 class OutputConfig:
     #: runs go under root/<method>/<dataset>/<subsample>/shots_<K>/seed_<S> unless dir is given
     root: str = "runs"
     dir: Optional[str] = None
-    #: few-shot draws and feature caches
-    cache_dir: str = ".promptclip-cache"
+    #: few-shot draws and feature caches (default: $PROMPTCLIP_CACHE, else ~/.cache/promptclip)
+    cache_dir: str = field(default_factory=default_cache_dir)
     #: store the frozen features of training views in cache_dir (false: compute them each time; the same results
     #: without the disk space, about 2 KB per image and view at ViT-B/16)
     cache_views: bool = True
+    #: bound on the feature cache's size in GB: least recently used entries go first (null: no bound)
+    cache_max_gb: Optional[float] = bounded(None, gt=0)
+    #: also log the run to these tools (not part of the run's identity); each needs its extra installed
+    report_to: List[Literal["tensorboard", "wandb"]] = field(default_factory=list)
 
 
 @dataclass

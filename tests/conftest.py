@@ -1,7 +1,10 @@
-"""Shared fixtures: offline hub, a tiny random CLIP, the digits image folder."""
+"""Shared fixtures: offline hub, a feature cache of the suite's own, a tiny random CLIP, the digits image folder."""
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a missing download fails at once instead of retrying
+#: runs that set no output.cache_dir use a cache of this session's own, never the user's (~/.cache/promptclip)
+os.environ["PROMPTCLIP_CACHE"] = tempfile.mkdtemp(prefix="promptclip-test-cache-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
