@@ -233,9 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_runs)
     from .bench.commands import add_bench_commands
     from .data.commands import add_data_commands
+    from .engine.cache_admin import add_cache_command
+    from .engine.export import add_export_command
 
     add_data_commands(sub)
     add_bench_commands(sub)
+    add_export_command(sub)
+    add_cache_command(sub)
     return parser
 
 

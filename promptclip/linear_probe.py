@@ -111,7 +111,7 @@ def fit_linear_probe(cfg: Config, backbone: FrozenCLIP, dataset: Dataset, device
     def features(split: str) -> Tuple[np.ndarray, np.ndarray]:
         feats, labels = frozen_features(backbone, dataset.split(split), cfg.output.cache_dir,
                                         cfg.train.eval_batch_size, cfg.data.num_workers, device, precision,
-                                        f"{split} features", progress)
+                                        f"{split} features", progress, max_gb=cfg.output.cache_max_gb)
         return feats.numpy(), labels.numpy()
 
     if not dataset.train:

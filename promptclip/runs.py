@@ -41,6 +41,13 @@ WEIGHTS_HASHES = "weights-sha256.json"  # in output.cache_dir: a local checkpoin
 EVALS = "evals"
 PROMPTS = "prompts.safetensors"
 PROMPTS_META = "prompts.json"
+TENSORBOARD_DIR = "tensorboard"  # output.report_to=[tensorboard]: the run's event files
+WANDB_RUN = "wandb-run.json"  # output.report_to=[wandb]: the W&B run id, so a resumed run continues it
+#: an exported adapter (``promptclip export``): PEFT's file names
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_MODEL = "adapter_model.safetensors"
+PEFT_TYPE = "PROMPTCLIP"  # adapter_config.json's peft_type: what tells a promptclip adapter from PEFT's own
+ADAPTER_FORMAT = 1  # the layout of adapter_config.json around prompts.json's fields
 CLASSIFIER = "linear_probe.safetensors"
 LOCK = ".lock"
 LOCK_OWNER = ".lock-owner.json"
@@ -50,7 +57,7 @@ MANIFEST_PREFIX = "protocol-"
 PROTOCOL_KINDS = ("few_shot", "base_to_new", "cross_dataset", "domain_generalization")  # a manifest's layout
 #: every file a run writes (split files generated for a dataset without one are ``split_*.json``); the sweep's own
 #: files in a run folder (SWEEP_SPEC, SWEEP_LOG) describe the request, not a result, and are not among them
-RUN_FILES = (CONFIG, IDENTITY, RESULT, FAILED, METRICS, LOG, PROMPTS, PROMPTS_META, CLASSIFIER)
+RUN_FILES = (CONFIG, IDENTITY, RESULT, FAILED, METRICS, LOG, PROMPTS, PROMPTS_META, CLASSIFIER, WANDB_RUN)
 #: bumped when the same settings start to give other results, so that no run of an older version is reused or
 #: resumed; each version says what changed
 IDENTITY_VERSION = 3
@@ -443,7 +450,8 @@ def refuse_links(run_dir: PathLike, names: Sequence[str] = ()) -> None:
     """A CorruptFile naming the first of a run's files or folders (``names``, default all of them) that is a symbolic
     link: a run's files are never read or written through links, which could point anywhere."""
     run_dir = Path(run_dir)
-    for name in names or (*RUN_FILES, CHECKPOINT_DIR, EVALS, LOCK, LOCK_OWNER, SWEEP_SPEC, SWEEP_LOG):
+    for name in names or (*RUN_FILES, CHECKPOINT_DIR, EVALS, TENSORBOARD_DIR, LOCK, LOCK_OWNER, SWEEP_SPEC,
+                          SWEEP_LOG):
         if (run_dir / name).is_symlink():
             raise CorruptFile(f"{run_dir / name} is a symbolic link (to {os.readlink(run_dir / name)}): promptclip "
                               f"never reads or writes a run's files through links. Remove the link, or redo the run "
@@ -507,7 +515,7 @@ def clear(run_dir: PathLike) -> None:
         (run_dir / name).unlink(missing_ok=True)
     for path in run_dir.glob("split_*.json"):
         path.unlink()
-    for name in (CHECKPOINT_DIR, EVALS):
+    for name in (CHECKPOINT_DIR, EVALS, TENSORBOARD_DIR):  # not wandb/: it may hold offline runs not yet synced
         if (run_dir / name).is_symlink():  # the link goes, never what it points to
             (run_dir / name).unlink()
         shutil.rmtree(run_dir / name, ignore_errors=True)

@@ -65,7 +65,8 @@ def run_dir(tmp_path_factory):
 
 def test_every_command_with_options_has_examples():
     names = {path[0] for path in (e[1:] for e in EXAMPLES)}
-    assert {"train", "zeroshot", "eval", "predict", "interpret", "demo", "config", "runs", "bench", "report"} <= names
+    assert {"train", "zeroshot", "eval", "predict", "interpret", "demo", "config", "runs", "bench", "report", "export",
+            "cache"} <= names
 
 
 @pytest.mark.parametrize("argv", EXAMPLES, ids=[" ".join(e[1:])[:70] for e in EXAMPLES])
@@ -88,6 +89,10 @@ def test_the_example_parses_and_builds(argv, run_dir, tmp_path, monkeypatch, cap
     elif command == "bench":
         plan = plan_sweep(args.protocol, args.overrides, args.shard)
         assert plan.runs and plan_problems(plan.runs) == ({}, [])
+    elif command == "export":
+        assert cli.main(argv) == 0 and "Exported" in capsys.readouterr().out
+    elif command == "cache":  # du and a prune to 20 GB leave the suite's own cache as it is
+        assert cli.main(argv) == 0 and capsys.readouterr().out
     elif command in ("predict", "interpret", "runs"):
         if command == "runs":
             (tmp_path / "runs").mkdir()

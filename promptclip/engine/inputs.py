@@ -61,5 +61,6 @@ def evaluation_inputs(model: PromptedCLIP, items: Sequence[Item], cfg: Config, d
     if model.prompts_vision:
         return eval_loader(items, transform_for(model.backbone, train=False), batch, workers), None
     features, labels = frozen_features(model.backbone, items, cfg.output.cache_dir, batch, workers, device,
-                                       precision, f"features {desc}", progress)
+                                       precision, f"features {desc}", progress,
+                                       max_gb=cfg.output.cache_max_gb)
     return feature_loader(features, labels, batch), lambda cached: cached

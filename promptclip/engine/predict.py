@@ -1,4 +1,4 @@
-"""Top-k classes for image files with a run's saved prompts."""
+"""Top-k classes for image files with a run's saved prompts (its run folder, or its ``promptclip export``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,7 +30,8 @@ def check_images(paths: Sequence[Union[str, Path]]) -> None:
 
 class LoadedRun:
     """A finished run ready to classify: its model (frozen CLIP + learned prompts), the backbone's test
-    preprocessing (``transform``: PIL image → tensor) and its class names."""
+    preprocessing (``transform``: PIL image → tensor) and its class names. ``run_dir`` is a run folder or an
+    exported adapter folder (told apart by its ``adapter_config.json``), checked the same way."""
 
     def __init__(self, run_dir: Union[str, Path], device: str = "auto"):
         read_meta(run_dir)
@@ -69,13 +70,14 @@ class LoadedRun:
 
 
 def load_run(run_dir: Union[str, Path], device: str = "auto") -> LoadedRun:
-    """Load a finished run for classification (``.predict(paths)``, ``.logits(images)``, ``.transform``)."""
+    """Load a finished run (its folder, or its export) for classification (``.predict(paths)``, ``.logits(images)``,
+    ``.transform``)."""
     return LoadedRun(run_dir, device)
 
 
 def predict(run_dir: Union[str, Path], paths: Sequence[Union[str, Path]], topk: int = 5,
             device: str = "auto", batch_size: int = 32) -> List[dict]:
     """``[{"path", "top": [(classname, probability), ...]}]`` for each image, best first."""
-    read_meta(run_dir)  # the run first, then the images: both before any model loads
+    read_meta(run_dir)  # the run (or export) first, then the images: both before any model loads
     check_images(paths)
     return load_run(run_dir, device)._classify(paths, topk, batch_size)

@@ -34,7 +34,8 @@ from .cache import TrainingViews, frozen_features
 from .distributed import Distributed
 from .evaluation import metrics_from_predictions, predict_loader
 from .inputs import TrainingInputs, evaluation_inputs
-from .setup import RunSetup
+from .reporting import RunReporter
+from .setup import RunSetup, Silent
 from ..devices import resolve_device, resolve_precision
 from .prompts import load_prompts, save_prompts
 from .trainer import console_loggers, console_through_bars, show_bars, train
@@ -96,7 +97,7 @@ def prepare_context(cfg: Config, backbone: FrozenCLIP, dataset: Dataset, setup: 
             return None
         return frozen_features(backbone, dataset.val, cfg.output.cache_dir, cfg.train.eval_batch_size,
                                cfg.data.num_workers, setup.device, setup.precision, "val features",
-                               show_bars(setup.progress))
+                               show_bars(setup.progress), max_gb=cfg.output.cache_max_gb)
 
     return PrepareContext(backbone=backbone, classnames=dataset.classnames, template=dataset.template,
                           dataset=dataset.name, device=setup.device, epochs=cfg.train.epochs,
@@ -174,10 +175,12 @@ def _run_locked(cfg: Config, progress: bool, on_epoch_end, backbone, distributed
             log.info("%s already finished on %s with these settings; reusing its result.", run_dir,
                      state.result.get("finished_at", "an earlier date"))
             return state.result if is_main else {}
-        try:
-            with console_through_bars(show_bars(progress)):
+        try:  # the reporter checks its packages first: a missing one fails before anything is written
+            reporter = RunReporter(cfg, run_dir, state.status == "resume") if is_main and cfg.output.report_to \
+                else None
+            with console_through_bars(show_bars(progress)), reporter or contextlib.nullcontext():
                 return _run(cfg, run_dir, identity, state, is_main, progress, on_epoch_end, backbone, distributed,
-                            own)
+                            own, reporter)
         except BaseException as err:
             if is_main and (run_dir / runs.IDENTITY).is_file():
                 if isinstance(err, TrainingError):
@@ -277,7 +280,7 @@ def _elapsed_before(run_dir: Path, state: runs.RunState) -> float:
 
 def _run(cfg: Config, run_dir: Path, identity: runs.Identity, state: runs.RunState, is_main: bool, progress: bool,
          on_epoch_end: Optional[Callable[[int], None]], backbone: Optional[FrozenCLIP], distributed,
-         own: Callable[[], None]) -> dict:
+         own: Callable[[], None], reporter: Optional[RunReporter] = None) -> dict:
     device = distributed.device if distributed is not None else resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     bars = show_bars(progress)
@@ -298,13 +301,17 @@ def _run(cfg: Config, run_dir: Path, identity: runs.Identity, state: runs.RunSta
             return {}
         runs.write_identity(run_dir, identity, to_yaml(cfg))
         own()
+        if reporter is not None:
+            reporter.open()
         fields = closed_form.fit(cfg, backbone, dataset, device, precision, run_dir, bars)
         return _finish(run_dir, cfg, identity, dataset, {**shortfall_field, **fields, "precision": precision,
-                                                         "train_seconds": round(time.time() - started, 2)})
-    setup = RunSetup(cfg, device, precision, run_dir, progress, distributed)
+                                                         "train_seconds": round(time.time() - started, 2)},
+                       reporter)
+    setup = RunSetup(cfg, device, precision, run_dir, progress, distributed, reporter or Silent())
     views = TrainingViews(backbone, dataset.train, cfg.seed, cfg.train.views, cfg.data.augment,
                           cfg.train.eval_batch_size, cfg.data.num_workers, device, precision,
-                          cfg.output.cache_dir if cfg.output.cache_views else None, bars, distributed)
+                          cfg.output.cache_dir if cfg.output.cache_views else None, bars, distributed,
+                          max_gb=cfg.output.cache_max_gb)
     context = prepare_context(cfg, backbone, dataset, setup, views)
     model = build_model(cfg, backbone, dataset, context).to(device)
     log.info("%s on %s (%d classes, %d training images): %s", cfg.method_name, dataset.name,
@@ -315,6 +322,8 @@ def _run(cfg: Config, run_dir: Path, identity: runs.Identity, state: runs.RunSta
     if is_main:  # everything loaded: from here on the folder belongs to these settings
         runs.write_identity(run_dir, identity, to_yaml(cfg))
         own()
+        if reporter is not None:
+            reporter.open()
     last = {}
 
     def epoch_done(epoch: int) -> None:
@@ -339,11 +348,12 @@ def _run(cfg: Config, run_dir: Path, identity: runs.Identity, state: runs.RunSta
     if not is_main:
         return {}
     save_prompts(model, run_dir, cfg.method_name, {"dataset": dataset.name, "subsample": cfg.data.subsample})
-    return _finish(run_dir, cfg, identity, dataset, fields)
+    return _finish(run_dir, cfg, identity, dataset, fields, reporter)
 
 
-def _finish(run_dir: Path, cfg: Config, identity: runs.Identity, dataset: Dataset, fields: dict) -> dict:
-    """Write ``result.json`` (the run's identity, then ``fields``) and drop the checkpoint."""
+def _finish(run_dir: Path, cfg: Config, identity: runs.Identity, dataset: Dataset, fields: dict,
+            reporter: Optional[RunReporter] = None) -> dict:
+    """Write ``result.json`` (the run's identity, then ``fields``), drop the checkpoint, report the result."""
     result = {
         "method": cfg.method_name, "dataset": dataset.name, "subsample": cfg.data.subsample,
         "shots": cfg.data.shots, "seed": cfg.seed, "model": cfg.model.name, "pretrained": cfg.model.pretrained,
@@ -355,6 +365,8 @@ def _finish(run_dir: Path, cfg: Config, identity: runs.Identity, dataset: Datase
         log.info("%s on %s: test accuracy %.2f%%", cfg.method_name, dataset.name, result["test"]["accuracy"])
     atomic_write_json(run_dir / runs.RESULT, result)
     shutil.rmtree(run_dir / runs.CHECKPOINT_DIR, ignore_errors=True)  # the result and prompts are final now
+    if reporter is not None:
+        reporter.finish(result)
     return result
 
 

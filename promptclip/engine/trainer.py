@@ -112,9 +112,10 @@ def _non_finite(what: str, epoch: int, step: int, steps: int, saved: int, setup:
                          f"Lower optim.lr{fp32} and rerun: a run with other settings starts clean.")
 
 
-def _keep_metrics_before(path: Path, epoch: int) -> None:
-    """Drop metric lines of epochs a resumed run will repeat (and a line cut short by a kill)."""
-    if not path.exists():
+def _keep_metrics_before(setup: RunSetup, epoch: int) -> None:
+    """Drop metric lines of epochs a resumed run will repeat (and a line cut short by a kill); main process only."""
+    path = setup.run_dir / METRICS
+    if not setup.is_main or not path.exists():
         return
     kept = []
     for line in path.read_text().splitlines():
@@ -278,8 +279,8 @@ class EpochMeter:
 def train(model: PromptedCLIP, inputs: TrainingInputs, setup: RunSetup, callbacks: Optional[Dict[str, Callback]] = None,
           on_epoch_end: Optional[Callable[[int], None]] = None) -> dict:
     """Train the model's learnable parameters on ``inputs``, resuming from the run's checkpoint if present;
-    ``callbacks`` run after every epoch (their state is checkpointed) and at the end. Returns the last epoch's
-    metrics. Only the main process writes; under DDP each process takes its share of every global batch."""
+    ``callbacks`` run after every epoch (their state is checkpointed) and at the end; ``setup.reporter`` hears every
+    step and epoch. Returns the last epoch's metrics. Under DDP each process takes its share of every batch."""
     cfg, tc, device, callbacks = setup.cfg, setup.cfg.train, setup.device, callbacks or {}
     params = model.trainable_parameters()
     if not params:
@@ -288,10 +289,10 @@ def train(model: PromptedCLIP, inputs: TrainingInputs, setup: RunSetup, callback
     scaler = torch.amp.GradScaler("cuda", enabled=setup.precision == "fp16")
     checkpoint = Checkpoint(setup.run_dir / CHECKPOINT, model, optimizer, scaler, callbacks)
     start = saved = checkpoint.restore(device)  # epochs already trained; those in the checkpoint on disk
-    if setup.is_main:
-        _keep_metrics_before(setup.run_dir / METRICS, start)
+    _keep_metrics_before(setup, start)
     forward = setup.distributed.wrap(model) if setup.distributed is not None else model
     shown, accum, last = Progress(setup.progress, f"train {cfg.method_name}", start, tc.epochs), tc.accum_steps, {}
+    setup.reporter.begin(start, len(epoch_batches(start, len(inputs), setup)[0]))
     try:
         for epoch in range(start, tc.epochs):
             lr, started, meter = _start_epoch(epoch, optimizer, setup), time.time(), EpochMeter()
@@ -311,6 +312,7 @@ def train(model: PromptedCLIP, inputs: TrainingInputs, setup: RunSetup, callback
                     scaler.update()
                     optimizer.zero_grad(set_to_none=True)
                 meter.add(loss_value, out, labels)
+                setup.reporter.step(epoch, step, loss_value, lr)
                 shown.step(step, meter.loss, meter.accuracy)
             if not all(bool(torch.isfinite(p).all()) for p in params):
                 raise _non_finite("The prompts became non-finite", epoch, len(batches) - 1, len(batches), saved, setup)
@@ -347,6 +349,7 @@ def _end_epoch(epoch: int, metrics: dict, model: PromptedCLIP, checkpoint: Check
         return 0
     with (setup.run_dir / METRICS).open("a") as f:
         f.write(json.dumps(metrics) + "\n")
+    setup.reporter.epoch(metrics)
     if every and (finished % every == 0 or finished == setup.cfg.train.epochs):
         checkpoint.save(finished)
         return finished
