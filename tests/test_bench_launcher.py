@@ -10,6 +10,7 @@ import stat
 import pytest
 
 from bench_fixtures import TINY, cli, fake_benchmarks
+from promptclip import runs
 from promptclip.bench.launch import JOBS_FILE, LauncherConfig, launch, launcher_config, task_count, wait
 from promptclip.bench.sweep import plan_sweep
 from promptclip.errors import ConfigError, PromptclipError
@@ -122,11 +123,12 @@ def test_two_arrays_on_one_folder_run_each_run_once(data, tmp_path):
     assert len(second.records) == 1 and len(second.records[0]["runs"]) == 3
     outcomes = [wait(first), wait(second)]
     assert all(broken == {} for _, broken in outcomes)
-    finished = [run_id for outcome, _ in outcomes for run_id in outcome.finished]
-    assert sorted(finished) == sorted(spec.id for spec in plan.runs)  # each run trained exactly once
-    others = [run_id for outcome, _ in outcomes for run_id in outcome.busy + outcome.skipped]
-    assert sorted(finished) == sorted(others)  # the other array skipped each one: busy, or done by then
-    assert all(not o.failed for o, _ in outcomes)
+    every = {spec.id for spec in plan.runs}
+    assert {run_id for outcome, _ in outcomes for run_id in outcome.finished} == every
+    for outcome, _ in outcomes:  # each array accounts for every run: finished it, found it busy, or done by then
+        assert set(outcome.finished + outcome.busy + outcome.skipped) == every and not outcome.failed
+    for spec in plan.runs:  # trained exactly once: one test result in its log, whoever reused it after
+        assert (spec.run_dir / runs.LOG).read_text().count(": test accuracy ") == 1, spec.id
     assert len(json.loads((root / JOBS_FILE).read_text())["launches"]) == 2  # both launches recorded
 
 

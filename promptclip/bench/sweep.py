@@ -295,6 +295,10 @@ def _run_sequential(todo: Sequence[RunSpec], fail_fast: bool, progress: bool,
                     on_epoch_end: Optional[Callable[[int], None]], bar: _Bar, outcome: SweepOutcome,
                     replacing: Set[str]) -> None:
     for spec in todo:
+        if status(spec) == "done":  # another worker finished it since the plan was made: not this one's work
+            outcome.skipped.append(spec.id)
+            bar.finish_one(f"done elsewhere {spec.id}", running=0)
+            continue
         bar.show(running=1)
         started = time.time()
         try:
