@@ -638,7 +638,8 @@ class FrozenCLIP(nn.Module):
             if too_long:
                 shown = "; ".join(f"{t!r} ({n} tokens)" for t, n in too_long[:3])
                 raise BackboneError(
-                    f"{len(too_long)} prompt(s) exceed the {self.context_length}-token context of {self.name}: {shown}. "
+                    f"{len(too_long)} prompt(s) exceed the {self.context_length}-token context of {self.name}: "
+                    f"{shown}. "
                     f"Shorten those class names or use fewer context tokens (text.n_ctx).")
         return self.tokenizer(texts).to(self.logit_scale.device)
 

@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "promptclip train -c maple data.name=imagefolder data.root=data/digits "
                             "model.name=tiny-vit-deep model.pretrained=null   # offline, random weights"), runs=True)
     p.set_defaults(func=cmd_train)
-    p = with_config(command("zeroshot", "zero-shot CLIP on a dataset", "Zero-shot CLIP: the zeroshot preset plus yours.",
+    p = with_config(command("zeroshot", "zero-shot CLIP on a dataset",
+                            "Zero-shot CLIP: the zeroshot preset plus yours.",
                             "promptclip zeroshot data.name=EuroSAT data.root=~/data"), runs=True,
                     overrides_help="config overrides as dotted keys, e.g. text.templates=ensemble "
                                    "train.eval_batch_size=64")

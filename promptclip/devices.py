@@ -7,7 +7,8 @@ from .errors import ConfigError
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
-def resolve_device(name: str = "auto") -> "torch.device":
+def resolve_device(name: str = "auto"):
+    """The ``torch.device`` for ``train.device`` (auto: cuda when available, else cpu)."""
     import torch
 
     if name == "auto":

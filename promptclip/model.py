@@ -29,8 +29,8 @@ class PromptedCLIP(nn.Module):
                  losses: Optional[Dict[str, ExtraLoss]] = None):
         super().__init__()
         if "text" not in text.sides:
-            raise ConfigError(f"text learner {text.cfg.name!r} does not prompt the text tower; use it as vision learner "
-                              f"(vision.name={text.cfg.name}) with a text learner such as zeroshot or coop.")
+            raise ConfigError(f"text learner {text.cfg.name!r} does not prompt the text tower; use it as vision "
+                              f"learner (vision.name={text.cfg.name}) with a text learner such as zeroshot or coop.")
         if vision is not None:
             if "vision" not in vision.sides:
                 raise ConfigError(f"vision learner {vision.cfg.name!r} does not prompt the image tower.")

@@ -622,7 +622,8 @@ def read_manifest(path: PathLike) -> dict:
         raise CorruptFile(f"{path} does not exist.")
     if path.name != f"{MANIFEST_PREFIX}{data['protocol']}.json" or data["kind"] not in PROTOCOL_KINDS:
         raise CorruptFile(f"{path} (a sweep manifest) is damaged: its protocol {show_value(data['protocol'])} or kind "
-                          f"{show_value(data['kind'])} is not the one its file name and the protocol kinds allow; nothing "
+                          f"{show_value(data['kind'])} is not the one its file name and the protocol kinds allow; "
+                          f"nothing "
                           f"is written under names read from it. Rerun the bench command to rewrite it.")
     root = path.parent
     try:

@@ -11,7 +11,7 @@ from promptclip.backbone import FrozenCLIP
 from promptclip.config import build_config
 from promptclip.data.loaders import eval_loader, transform_for
 from promptclip.engine import cache as cache_module
-from promptclip.engine.cache import FeatureCache, TrainingViews, frozen_features
+from promptclip.engine.cache import TrainingViews, frozen_features
 from promptclip.engine.evaluation import evaluate
 from promptclip.engine.runner import build_model, evaluate_model, prepare_data, run
 from promptclip.losses import PrepareContext, class_prototypes
@@ -68,6 +68,7 @@ def test_cached_features_equal_fresh_ones_and_are_reused(folder, tmp_path, count
     assert len(list((tmp_path / "cache" / "features").glob("*.safetensors"))) == 1
 
 
+@pytest.mark.slow
 def test_cache_is_invalidated_by_backbone_transform_and_images(folder, tmp_path, counted):
     items = prepare_data(config(folder, tmp_path)).test
     backbone = FrozenCLIP.load("tiny-vit")
@@ -144,6 +145,7 @@ def _keys(tmp_path):
     return [p.stem for p in (tmp_path / "cache" / "features").glob("*.safetensors")]
 
 
+@pytest.mark.slow
 def test_linear_probe_is_a_method_sharing_cached_features(folder, tmp_path):
     zero = run(config(folder, tmp_path, "zeroshot"), progress=False)
     assert len(_keys(tmp_path)) == 1  # the test split

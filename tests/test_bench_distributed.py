@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from bench_fixtures import TINY, coloured_folder
@@ -69,6 +70,7 @@ def worker(data: Path, out: Path) -> None:
     assert main(["train", "-c", "coop", *overrides(data, out, "text.n_ctx=4", f"output.dir={out / 'cli'}")]) == 0
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(tmp_path):
     data = coloured_folder(tmp_path / "data")  # 15 test images: the two shards differ in size
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

@@ -39,6 +39,7 @@ def read(path):
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_grid_runs_validate_choose_on_val_and_resume(folder, tmp_path, capsys):
     """Real runs: the grid comes from the command line; the report's choice is the best validation accuracy."""
     root = tmp_path / "runs"

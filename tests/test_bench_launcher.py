@@ -88,6 +88,7 @@ def job_log(root, record):
     return (root / record["log"]).read_text()
 
 
+@pytest.mark.slow
 def test_a_local_array_reports_what_an_inline_sweep_reports_and_its_status(data, tmp_path, capsys):
     """One run fails (missing weights) in both sweeps: the same report, and --status lists it with its log."""
     inline, launched = tmp_path / "inline", tmp_path / "launched"
@@ -115,6 +116,7 @@ def test_a_local_array_reports_what_an_inline_sweep_reports_and_its_status(data,
     assert all(os.path.isfile(path) for _, path in logs.values())
 
 
+@pytest.mark.slow
 def test_two_arrays_on_one_folder_run_each_run_once(data, tmp_path):
     root = tmp_path / "runs"
     plan = plan_sweep("few_shot", sweep(data, root, "seeds=[1,2]"))
@@ -132,6 +134,7 @@ def test_two_arrays_on_one_folder_run_each_run_once(data, tmp_path):
     assert len(json.loads((root / JOBS_FILE).read_text())["launches"]) == 2  # both launches recorded
 
 
+@pytest.mark.slow
 def test_a_killed_task_resumes_on_the_next_launch_and_a_preempted_one_is_requeued(data, tmp_path, stop_once,
                                                                                   capsys):
     root = tmp_path / "runs"

@@ -17,6 +17,7 @@ def runs_of(name, *overrides):
     return {r.id: r for r in expand(load_protocol(name, protocol_keys), common, scoped)}
 
 
+@pytest.mark.slow
 def test_few_shot_protocol_follows_the_reference_schedule():
     runs = runs_of("few_shot")
     assert len(runs) == 11 + 12 * 11 * 5 * 3  # zero-shot once per dataset; 12 methods × 5 shots × 3 seeds
@@ -41,6 +42,7 @@ def test_few_shot_protocol_follows_the_reference_schedule():
 FEATURE_METHODS = ("clip_adapter", "tip_adapter", "tip_adapter_f", "taskres", "lp_plus_plus", "zs_lp", "gda")
 
 
+@pytest.mark.slow
 def test_few_shot_protocol_runs_the_methods_on_features_with_fixed_hyperparameters():
     runs = runs_of("few_shot")
 
@@ -60,6 +62,7 @@ def test_few_shot_protocol_runs_the_methods_on_features_with_fixed_hyperparamete
     assert modes["coop"] is None  # a method without the option is untouched
 
 
+@pytest.mark.slow
 def test_base_to_new_protocol_trains_on_base_and_evaluates_new():
     runs = runs_of("base_to_new")
     coop = runs["coop_b2n/ViT-B-16_openai/ImageNet/base/shots_16/seed_1"]
@@ -139,6 +142,7 @@ def test_protocol_errors_name_the_problem(change, message):
         expand(parse_protocol(data, "bad", "bad.yaml"))
 
 
+@pytest.mark.slow
 def test_command_line_errors():
     with pytest.raises(ConfigError, match="seed is set by the protocol; use seeds"):
         split_overrides(["seed=3"])
@@ -151,6 +155,7 @@ def test_command_line_errors():
         parse_shard("4/4")
 
 
+@pytest.mark.slow
 def test_shards_are_disjoint_and_cover_the_sweep():
     runs = list(runs_of("base_to_new").values())
     parts = [shard(runs, *parse_shard(f"{i}/3")) for i in range(3)]

@@ -56,6 +56,7 @@ def few_shot_dir(tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_few_shot_table_by_hand(few_shot_dir):
     report = write_report(few_shot_dir)
     table = rows(few_shot_dir / "report" / "fs.csv")

@@ -40,6 +40,7 @@ def accuracy(run_dir, evaluation=None):
     return json.loads(path.read_text())["test"]["accuracy"]
 
 
+@pytest.mark.slow
 def test_few_shot_end_to_end(data, tmp_path, capsys):
     root = tmp_path / "runs"
     args = [*common(data, root), TWO, "shots=[2]", "seeds=[1,2]", "coop:train.epochs=1",
@@ -64,6 +65,7 @@ def test_few_shot_end_to_end(data, tmp_path, capsys):
     assert shard_ids == [r["id"] for r in manifest["runs"]][1::4]
 
 
+@pytest.mark.slow
 def test_few_shot_sweeps_and_reports_the_methods_on_features(data, tmp_path):
     """The seven run in a sweep on the same draws as CoOp, are reported, and the report names their mode."""
     root = tmp_path / "runs"
@@ -83,6 +85,7 @@ def test_few_shot_sweeps_and_reports_the_methods_on_features(data, tmp_path):
     assert "Hyper-parameters (text.hparams): fixed for " + ", ".join(sorted(methods)) + "." in text
 
 
+@pytest.mark.slow
 def test_base_to_new_end_to_end(data, tmp_path):
     root = tmp_path / "runs"
     assert cli("bench", "base_to_new", *common(data, root), TWO, "shots=[2]", "seeds=[1]", "coop_b2n:train.epochs=1",
@@ -103,6 +106,7 @@ def test_base_to_new_end_to_end(data, tmp_path):
                                                                                abs=1e-4)
 
 
+@pytest.mark.slow
 def test_cross_dataset_then_domain_generalization_share_the_runs(data, tmp_path):
     root = tmp_path / "runs"
     args = [*common(data, root), "shots=[2]", "seeds=[1]", "coop_b2n:train.epochs=1",
@@ -135,6 +139,7 @@ def sweep_plan(data, root):
                                    f"methods=[{ZERO_SHOT_ONCE}, coop]"])
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_without_repeating_finished_runs(data, tmp_path):
     reference = tmp_path / "uninterrupted"
     run_planned(sweep_plan(data, reference), progress=False)  # the library writes the manifest
@@ -166,6 +171,7 @@ def test_a_killed_sweep_resumes_without_repeating_finished_runs(data, tmp_path):
     assert table(root, "few_shot") == table(reference, "few_shot")
 
 
+@pytest.mark.slow
 def test_runs_dispatched_to_worker_processes(data, tmp_path):
     """--gpus N: each run in its own process (here on the CPU); results equal the in-process ones."""
     root = tmp_path / "runs"
@@ -179,6 +185,7 @@ def test_runs_dispatched_to_worker_processes(data, tmp_path):
     assert parallel == {d: accuracy(other / f"zeroshot/tiny-vit_random/{d}/all/shots_0/seed_1") for d in parallel}
 
 
+@pytest.mark.slow
 def test_kgcoop_and_promptsrc_run_in_both_protocols(data, tmp_path):
     """The new methods' presets through the protocols that list them (depth cut to the tiny towers' 2 layers)."""
     root = tmp_path / "runs"

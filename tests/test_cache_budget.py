@@ -63,6 +63,7 @@ def wired_budget(monkeypatch):
     return wire
 
 
+@pytest.mark.slow
 def test_a_tiny_budget_keeps_results_and_the_folder_within_it_but_for_held_entries(
         digits_root, tmp_path, baseline, wired_budget, monkeypatch, caplog):
     expected, stored = baseline
@@ -225,6 +226,7 @@ def test_clear_asks_first_and_removes_features_not_draws(filled, monkeypatch, ca
     assert cache_cli("clear", "--yes", "--cache-dir", str(cache_dir)) == 0
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_caching_with_one_warning_and_the_run_gives_the_same_result(
         digits_root, tmp_path, baseline, monkeypatch, caplog):
     monkeypatch.setattr(cache_module, "_disk_full", False)  # restored afterwards: other tests cache again
@@ -243,6 +245,7 @@ def test_a_full_disk_stops_caching_with_one_warning_and_the_run_gives_the_same_r
     assert sizes(tmp_path / "cache" / "features") == {}
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_while_writing_an_entry_is_a_full_disk(tmp_path):
     """A real EFBIG from the kernel (RLIMIT_FSIZE, SIGXFSZ ignored): one warning, no entry, no temporary left."""
     script = textwrap.dedent("""

@@ -16,6 +16,7 @@ def common(digits_root, tmp_path):
             f"output.cache_dir={tmp_path / 'cache'}"]
 
 
+@pytest.mark.slow
 def test_train_eval_predict(digits_root, tmp_path, capsys):
     assert main(["-q", "train", "-c", "coop", "text.n_ctx=4", "data.subsample=base",
                  *common(digits_root, tmp_path)]) == 0
@@ -39,6 +40,7 @@ def test_zeroshot_command(digits_root, tmp_path, capsys):
     assert "zero-shot accuracy" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_demo_command(tmp_path, capsys):
     assert main(["-q", "demo", "--out", str(tmp_path / "demo"), "--epochs", "1", "--shots", "1"]) == 0
     out = capsys.readouterr().out
@@ -103,6 +105,7 @@ def test_the_zero_shot_ensemble_says_which_templates(digits_root, tmp_path, capl
     assert "mean over 8 templates (CoOp's 7 ImageNet templates + the dataset's" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_closed_pipe_ends_quietly(tmp_path):
     cmd = [sys.executable, "-m", "promptclip", "bench", "few_shot", "--dry-run", f"data.root={tmp_path}"]
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -140,6 +143,7 @@ def test_runs_lists_status_and_accuracy(digits_root, tmp_path, capsys):
     assert "1 done, 1 running" in out
 
 
+@pytest.mark.slow
 def test_library_noise_only_with_verbose(digits_root, tmp_path):
     args = ["zeroshot", *[o for o in common(digits_root, tmp_path) if "epochs" not in o]]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

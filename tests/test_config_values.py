@@ -48,7 +48,8 @@ def leaf_types(tp):
     (["dapt"], "vision.init=unifrom", "vision.init must be one of normal, uniform, not 'unifrom'. Did you mean"),
     (["vfpt"], "vision.fourier=bth", "vision.fourier must be one of none, both, hidden, sequence.*'both'"),
     (["dapt"], "losses.dapt_inter.form=logg", "losses.dapt_inter.form must be one of reference, log.*'log'"),
-    (["zeroshot"], "text.templates=ensembel", "text.templates must be one of dataset, ensemble, imagenet80.*'ensemble'"),
+    (["zeroshot"], "text.templates=ensembel",
+     "text.templates must be one of dataset, ensemble, imagenet80.*'ensemble'"),
     (["zeroshot"], "text.templates=[a photo]", "text.templates need exactly one '{}'"),
     (["coop"], "optim.scheduler=true", "optim.scheduler must be one of cosine, constant, not True"),
 ])

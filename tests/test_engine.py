@@ -30,6 +30,7 @@ def config(root, tmp_path, *presets, **overrides):
     return build_config(presets or ("coop",), [f"{k}={v}" for k, v in base.items()])
 
 
+@pytest.mark.slow
 def test_coop_beats_zero_shot_on_digits(digits_root, tmp_path):
     """The demo's setting: 16 shots on the random tiny-vit-wide, whose frozen features a linear probe reads at ~46%."""
     wide = {"model.name": "tiny-vit-wide", "optim.lr": 0.002}
@@ -42,6 +43,7 @@ def test_coop_beats_zero_shot_on_digits(digits_root, tmp_path):
     assert csc["test"]["accuracy"] > zero["test"]["accuracy"] + 15
 
 
+@pytest.mark.slow
 def test_run_folder_contents_and_skip_when_finished(digits_root, tmp_path):
     cfg = config(digits_root, tmp_path)
     result = run(cfg, progress=False)
@@ -53,13 +55,14 @@ def test_run_folder_contents_and_skip_when_finished(digits_root, tmp_path):
     assert meta["classnames"] == ["eight", "five", "four", "nine", "one", "seven", "six", "three", "two", "zero"]
     assert meta["backbone"]["model"] == "tiny-vit" and meta["shapes"] == {"text.ctx": [4, 64]}
     assert {"torch", "open_clip", "promptclip"} <= set(meta["versions"])
-    assert [json.loads(l)["epoch"] for l in (folder / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    assert [json.loads(line)["epoch"] for line in (folder / "metrics.jsonl").read_text().splitlines()] == [0, 1]
     assert result["num_train_images"] == 40 and len(result["test"]["per_class_accuracy"]) == 10
     mtime = (folder / "result.json").stat().st_mtime_ns
     assert run(cfg, progress=False) == result
     assert (folder / "result.json").stat().st_mtime_ns == mtime
 
 
+@pytest.mark.slow
 def test_saved_prompts_give_identical_logits(digits_root, tmp_path):
     cfg = config(digits_root, tmp_path, **{"train.evaluate": "false"})
     run(cfg, progress=False)
@@ -75,6 +78,7 @@ class Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_result(digits_root, tmp_path):
     full = config(digits_root, tmp_path, **{"train.epochs": 4, "output.dir": tmp_path / "full",
                                             "data.augment": "true"})
@@ -92,12 +96,13 @@ def test_interrupted_run_resumes_to_the_same_result(digits_root, tmp_path):
     resumed = run(cut, progress=False)
     assert resumed["test"] == expected["test"]
     assert resumed["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-6)
-    epochs = [json.loads(l)["epoch"] for l in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [0, 1, 2, 3]
     a, b = load_prompts(tmp_path / "full"), load_prompts(tmp_path / "cut")
     torch.testing.assert_close(a.text.ctx, b.text.ctx)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_the_full_batch(digits_root, tmp_path):
     common = {"train.epochs": 1, "optim.name": "sgd", "optim.lr": 0.5, "optim.warmup_epochs": 0,
               "optim.momentum": 0, "optim.weight_decay": 0, "train.evaluate": "false"}
@@ -109,6 +114,7 @@ def test_gradient_accumulation_equals_the_full_batch(digits_root, tmp_path):
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)  # summation order differs, nothing else
 
 
+@pytest.mark.slow
 def test_bf16_autocast_keeps_prompts_fp32(digits_root, tmp_path):
     result = run(config(digits_root, tmp_path, **{"train.precision": "bf16", "train.epochs": 1}), progress=False)
     assert np.isfinite(result["train_loss"])
@@ -135,6 +141,7 @@ def test_metrics_match_scikit_learn():
                                                            abs=1e-3)
 
 
+@pytest.mark.slow
 def test_evaluating_on_new_classes(digits_root, tmp_path):
     cfg = config(digits_root, tmp_path, **{"data.subsample": "base"})
     result = run(cfg, progress=False)
@@ -177,6 +184,7 @@ def test_missing_or_empty_data_folder(tmp_path, make):
         run(config(root, tmp_path, **{"train.epochs": 0}), progress=False)
 
 
+@pytest.mark.slow
 def test_prompts_from_another_backbone_are_refused(digits_root, tmp_path):
     from promptclip.backbone import FrozenCLIP
 
@@ -200,6 +208,7 @@ def test_evaluation_computes_class_features_once(digits_root, tmp_path, tiny):
     assert logits.shape == (64, 10) and len(calls) == 1
 
 
+@pytest.mark.slow
 def test_resnet_backbone_runs_text_learners(digits_root, tmp_path):
     result = run(config(digits_root, tmp_path, **{"model.name": "tiny-rn", "train.epochs": 1}), progress=False)
     assert result["model"] == "tiny-rn" and result["test"]["num_images"] > 0

@@ -65,6 +65,7 @@ def logits_of(folder, paths):
     return loaded.logits(torch.stack([loaded.transform(open_image(str(p))) for p in paths]))
 
 
+@pytest.mark.slow
 def test_an_export_loads_in_a_fresh_process_with_the_runs_logits_and_predictions(made, tmp_path):
     data, found = made
     paths = [str(p) for p in images_of(data)]
@@ -130,6 +131,7 @@ def test_an_unfinished_run_a_full_folder_and_the_run_folder_itself_are_refused(m
         export_run(run_dir, run_dir, overwrite=True)
 
 
+@pytest.mark.slow
 def test_local_weights_are_refused_or_recorded_by_sha256_and_checked_on_load(made, tmp_path):
     data, found = made
     weights = tmp_path / "weights" / "tiny.pt"

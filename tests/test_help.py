@@ -55,7 +55,8 @@ def run_dir(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("help")
     folder = coloured_folder(root / "colours", classes=4)
-    cfg = build_config(["coop"], ["train.epochs=1", "train.max_steps_per_epoch=1", "data.shots=2", "model.name=tiny-vit",
+    cfg = build_config(["coop"], ["train.epochs=1", "train.max_steps_per_epoch=1", "data.shots=2",
+                                  "model.name=tiny-vit",
                                   "model.pretrained=null", "data.name=imagefolder", f"data.root={folder}",
                                   f"output.dir={root / 'run'}", f"output.cache_dir={root / 'cache'}",
                                   "train.device=cpu"])
@@ -69,6 +70,7 @@ def test_every_command_with_options_has_examples():
             "cache"} <= names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv", EXAMPLES, ids=[" ".join(e[1:])[:70] for e in EXAMPLES])
 def test_the_example_parses_and_builds(argv, run_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

@@ -284,6 +284,7 @@ def test_presets_carry_the_reference_recipes():
     ("lp_plus_plus", ["text.hparams=val"], "text.iteration"),
     ("gda", ["text.views=3", "text.hparams=val"], "text.alpha"),
     ("zs_lp", ["train.epochs=2", "train.views=2", "train.batch_size=4"], None)])
+@pytest.mark.slow
 def test_a_run_fits_evaluates_and_loads_back(tmp_path, monkeypatch, preset, overrides, chosen):
     root = coloured_folder(tmp_path / "data")
     cfg = build_config([preset], ["data.name=imagefolder", f"data.root={root}", "model.name=tiny-vit",

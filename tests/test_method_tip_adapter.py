@@ -169,6 +169,7 @@ def images_of(loaded, paths):
 
 @pytest.mark.parametrize("preset, extra", [("tip_adapter", ()),
                                            ("tip_adapter_f", ("train.epochs=2", "optim.lr=0.01"))])
+@pytest.mark.slow
 def test_a_run_searches_on_val_saves_loads_and_predicts(tmp_path, monkeypatch, preset, extra):
     root = coloured_folder(tmp_path / "data")
     cfg = config(root, tmp_path, preset, *extra)
@@ -230,6 +231,7 @@ def test_a_warm_feature_cache_gives_the_cold_runs_result(tmp_path, monkeypatch):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_tip_adapter_f_survives_kill_and_resume(tmp_path):
     root = coloured_folder(tmp_path / "data")
     extra = ("train.epochs=3", "optim.lr=0.01")

@@ -126,6 +126,7 @@ def _gpa_run(root, tmp_path, on_epoch_end=None, **extra):
     return cfg, run(cfg, progress=False, on_epoch_end=on_epoch_end)
 
 
+@pytest.mark.slow
 def test_gpa_saves_and_tests_the_gaussian_average_of_the_epochs_prompts(digits_root, tmp_path, monkeypatch):
     seen = []
     from promptclip.methods import promptsrc
@@ -148,6 +149,7 @@ def test_gpa_saves_and_tests_the_gaussian_average_of_the_epochs_prompts(digits_r
     assert "test" in result
 
 
+@pytest.mark.slow
 def test_gpa_state_survives_kill_and_resume(digits_root, tmp_path):
     _, straight = _gpa_run(digits_root, tmp_path / "straight")
 
@@ -175,6 +177,7 @@ def test_callbacks_are_validated_like_losses(digits_root, tmp_path):
     assert config(digits_root, tmp_path, "promptsrc_xd").callbacks["gpa"] == GPAConfig(mean=6, std=10)
 
 
+@pytest.mark.slow
 def test_an_outside_plugin_registers_without_editing_promptclip(tmp_path):
     (tmp_path / "my_plugin.py").write_text(textwrap.dedent('''
         from dataclasses import dataclass
@@ -214,6 +217,7 @@ def test_a_run_made_with_an_unloaded_plugin_is_not_called_damaged(tmp_path):
     assert "--replace" not in str(caught.value)  # the run is fine: never advise deleting it
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("presets,extra", [(("kgcoop",), {}), (("cocoop",), {"losses.kgcoop.weight": 8})])
 def test_kgcoop_trains_on_coop_and_on_cocoop(digits_root, tmp_path, presets, extra):
     cfg = config(digits_root, tmp_path, *presets, **{"train.epochs": 1, "train.max_steps_per_epoch": 2,
@@ -226,6 +230,7 @@ def test_kgcoop_trains_on_coop_and_on_cocoop(digits_root, tmp_path, presets, ext
     assert result["test"]["num_images"] > 0
 
 
+@pytest.mark.slow
 def test_promptsrc_frozen_image_features_come_from_the_view_cache(digits_root, tmp_path, monkeypatch):
     """PromptSRC's image term reads the training views' frozen features: a warm cache runs no unprompted image
     tower, and gives the same prompts as the cold run that filled it."""
@@ -243,6 +248,7 @@ def test_promptsrc_frozen_image_features_come_from_the_view_cache(digits_root, t
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_cached_frozen_features_are_those_of_the_very_images_of_the_step(digits_root, tmp_path, monkeypatch):
     """The cached view features given to the loss match the unprompted tower on the step's own augmented images."""
     checked = []

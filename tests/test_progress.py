@@ -42,6 +42,7 @@ class Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_log_txt_holds_the_runs_lines_and_grows_on_resume(digits_root, tmp_path, console, monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
     cfg = build_config(["coop"], overrides(digits_root, tmp_path))
@@ -61,6 +62,7 @@ def test_log_txt_holds_the_runs_lines_and_grows_on_resume(digits_root, tmp_path,
     assert text.count("epoch 1/2 done") == 1  # what the console showed, once
 
 
+@pytest.mark.slow
 def test_off_a_terminal_progress_is_plain_lines(digits_root, tmp_path, capfd):
     assert main(["train", "-c", "coop", *overrides(digits_root, tmp_path)]) == 0
     err = capfd.readouterr().err
@@ -69,6 +71,7 @@ def test_off_a_terminal_progress_is_plain_lines(digits_root, tmp_path, capfd):
     assert re.search(r"epoch 2/2 done: loss \S+ acc \S+% lr \S+ \(\S+\), eta 0s", err), err
 
 
+@pytest.mark.slow
 def test_on_a_terminal_bars_and_log_lines_do_not_collide(digits_root, tmp_path, capsys, console, monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     note = lambda epoch: logging.getLogger("promptclip").info("a note after epoch %d", epoch + 1)  # noqa: E731
@@ -81,6 +84,7 @@ def test_on_a_terminal_bars_and_log_lines_do_not_collide(digits_root, tmp_path, 
             assert line.split("\r")[-1].startswith("[promptclip] a note after epoch"), repr(line)
 
 
+@pytest.mark.slow
 def test_progress_off_draws_no_bars_but_logs_the_lines(digits_root, tmp_path, console, capfd, monkeypatch):
     """``--no-progress`` (a configured console, progress off): plain lines even on a terminal, as in log.txt."""
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)

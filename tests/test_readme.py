@@ -18,6 +18,7 @@ def offline_blocks():
     return MARKER.findall(README.read_text())
 
 
+@pytest.mark.slow
 def test_the_offline_blocks_run_as_written(tmp_path):
     blocks = offline_blocks()
     assert [language for language, _ in blocks] == LANGUAGES
@@ -36,6 +37,7 @@ def test_the_offline_blocks_run_as_written(tmp_path):
     assert len(lines) == 4 and all("seven" in line or "[(" in line for line in lines[:3])
 
 
+@pytest.mark.slow
 def test_the_plugin_example_trains_with_its_loss_and_callback(tmp_path):
     from promptclip.demo import write_digits
 

@@ -48,6 +48,7 @@ def metric_lines(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_tensorboard_holds_steps_epochs_test_metrics_and_config(folder, tmp_path):
     from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -60,9 +61,10 @@ def test_tensorboard_holds_steps_epochs_test_metrics_and_config(folder, tmp_path
     for line in lines:  # the epoch's loss is the mean of its steps' losses (batches of one size)
         steps = [value for step, value in losses if step // STEPS == line["epoch"]]
         assert sum(steps) / STEPS == pytest.approx(line["loss"], rel=1e-5)
-    assert [v for _, v in scalars(acc, "train/lr")] == pytest.approx([l["lr"] for l in lines for _ in range(STEPS)])
-    assert scalars(acc, "epoch/train_accuracy") == [((l["epoch"] + 1) * STEPS - 1, pytest.approx(l["train_accuracy"]))
-                                                   for l in lines]
+    lrs = [line["lr"] for line in lines for _ in range(STEPS)]
+    assert [v for _, v in scalars(acc, "train/lr")] == pytest.approx(lrs)
+    assert scalars(acc, "epoch/train_accuracy") == [
+        ((line["epoch"] + 1) * STEPS - 1, pytest.approx(line["train_accuracy"])) for line in lines]
     assert [v for _, v in scalars(acc, "epoch/loss")] == pytest.approx([line["loss"] for line in lines])
     assert scalars(acc, "test/accuracy") == [(2 * STEPS, pytest.approx(result["test"]["accuracy"]))]
     assert scalars(acc, "test/macro_f1") == [(2 * STEPS, pytest.approx(result["test"]["macro_f1"]))]
@@ -115,7 +117,7 @@ def test_a_resumed_run_logs_each_step_once(folder, tmp_path):
     assert starts == [2 * STEPS]  # ... and hidden from TensorBoard from the resumed epoch's first step
     acc = events(run_dir)
     assert [step for step, _ in scalars(acc, "train/loss")] == list(range(4 * STEPS))
-    assert [v for _, v in scalars(acc, "epoch/loss")] == pytest.approx([l["loss"] for l in metric_lines(run_dir)])
+    assert [v for _, v in scalars(acc, "epoch/loss")] == pytest.approx([line["loss"] for line in metric_lines(run_dir)])
     assert [step for step, _ in scalars(acc, "epoch/loss")] == [STEPS * e - 1 for e in (1, 2, 3, 4)]
 
 
@@ -141,6 +143,7 @@ def wandb_records(path: Path):
     return records
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_holds_config_steps_and_test_metrics(folder, tmp_path, monkeypatch):
     for name, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": tmp_path / "wandb-dir",
                         "WANDB_CONFIG_DIR": tmp_path / "wandb-config", "WANDB_CACHE_DIR": tmp_path / "wandb-cache",
@@ -162,7 +165,7 @@ def test_wandb_offline_run_holds_config_steps_and_test_metrics(folder, tmp_path,
             for r in records if r.WhichOneof("record_type") == "history"]
     assert [row["_step"] for row in rows if "train/loss" in row] == list(range(2 * STEPS))
     lines = metric_lines(run_dir)
-    assert [row["epoch/loss"] for row in rows if "epoch/loss" in row] == pytest.approx([l["loss"] for l in lines])
+    assert [row["epoch/loss"] for row in rows if "epoch/loss" in row] == pytest.approx([line["loss"] for line in lines])
     summary = {}
     for r in records:
         if r.WhichOneof("record_type") == "summary":

@@ -138,6 +138,7 @@ def test_auto_precision_is_identified_by_what_it_resolves_to(folder, tmp_path, m
 
 
 # ------------------------------------------------------------------------------------------------ 2: typed reads
+@pytest.mark.slow
 def test_wrongly_typed_files_are_named_and_the_others_still_listed(folder, tmp_path, capsys):
     good, bad_identity, bad_result = (config(folder, tmp_path, seed=s) for s in (1, 2, 3))
     for cfg in (good, bad_identity, bad_result):
@@ -209,6 +210,7 @@ def test_replace_redoes_the_run_whatever_the_folder_holds(folder, tmp_path, stat
     assert runs.read_identity(run_dir).fingerprint == runs.Identity.of(cfg).fingerprint
 
 
+@pytest.mark.slow
 def test_damaged_prompts_the_advised_replace_makes_sound(folder, tmp_path, capsys):
     cfg = config(folder, tmp_path, **{"data.subsample": "base"})
     run(cfg, progress=False)
@@ -223,6 +225,7 @@ def test_damaged_prompts_the_advised_replace_makes_sound(folder, tmp_path, capsy
 
 
 # ------------------------------------------------------------------------------------------------ 4: train_seconds
+@pytest.mark.slow
 def test_train_seconds_sum_every_segment_of_a_resumed_run(folder, tmp_path):
     cfg = config(folder, tmp_path, **{"train.epochs": 3})
 

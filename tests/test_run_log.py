@@ -52,6 +52,7 @@ def unconfigured(monkeypatch):
     return logger
 
 
+@pytest.mark.slow
 def test_a_pipe(digits_root, tmp_path):
     cmd = [sys.executable, "-m", "promptclip", "train", "-c", "coop", *settings(digits_root, tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
@@ -62,6 +63,7 @@ def test_a_pipe(digits_root, tmp_path):
     assert any(STEP.match(line) for line in logged) and any(EPOCH.match(line) for line in logged)
 
 
+@pytest.mark.slow
 def test_no_progress(tmp_path_factory, tmp_path):
     data = fake_benchmarks(tmp_path_factory.mktemp("bench"), ["EuroSAT"], n_per_class=12)  # 6 training images
     root = tmp_path / "runs"
@@ -79,6 +81,7 @@ def test_no_progress(tmp_path_factory, tmp_path):
     assert any(line.startswith("epoch 1/1 done: ") for line in logged)
 
 
+@pytest.mark.slow
 def test_a_python_call_shows_and_logs_without_logging_configured(digits_root, tmp_path, capsys, unconfigured):
     first, second = (build_config(["coop"], settings(digits_root, tmp_path, seed=seed)) for seed in (1, 2))
     for cfg in (first, second):  # the second call adds no second console handler
@@ -89,6 +92,7 @@ def test_a_python_call_shows_and_logs_without_logging_configured(digits_root, tm
     assert unconfigured.handlers == [] and unconfigured.level == logging.NOTSET
 
 
+@pytest.mark.slow
 def test_a_python_call_with_progress_off_prints_nothing_and_still_logs(digits_root, tmp_path, capsys,
                                                                        unconfigured):
     cfg = build_config(["coop"], settings(digits_root, tmp_path))
@@ -98,6 +102,7 @@ def test_a_python_call_with_progress_off_prints_nothing_and_still_logs(digits_ro
     assert any(STEP.match(line) for line in logged) and any(EPOCH.match(line) for line in logged)
 
 
+@pytest.mark.slow
 def test_a_configured_console_gets_no_second_handler(digits_root, tmp_path, capsys, unconfigured):
     cli_handler = logging.StreamHandler(sys.stderr)
     cli_handler.setFormatter(logging.Formatter("[promptclip] %(message)s"))
@@ -112,6 +117,7 @@ def test_a_configured_console_gets_no_second_handler(digits_root, tmp_path, caps
     assert unconfigured.handlers == [cli_handler]
 
 
+@pytest.mark.slow
 def test_on_a_terminal_log_txt_is_the_console_plus_the_lines_the_bars_stood_for(digits_root, tmp_path, capsys,
                                                                                  unconfigured, monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)

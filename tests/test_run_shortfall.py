@@ -59,6 +59,7 @@ def test_every_run_on_a_stored_draw_logs_and_records_the_shortfall(uneven, tmp_p
     assert run(second, progress=False)["shortfall"] == expected  # a finished run's result keeps it
 
 
+@pytest.mark.slow
 def test_base_to_new_counts_only_the_classes_in_use(uneven, tmp_path):
     base = run(config(uneven, tmp_path, **{"data.subsample": "base"}), progress=False)
     assert base["num_classes"] == 2 and base["shortfall"] == {"shots": 4, "of": 2, "classes": {"a": 2}}

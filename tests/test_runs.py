@@ -169,6 +169,7 @@ def test_zeroshot_with_another_backbone_is_its_own_run(folder, tmp_path, capsys)
     assert len(list((tmp_path / "runs" / "zeroshot").rglob(runs.RESULT))) == 2
 
 
+@pytest.mark.slow
 def test_evaluations_are_keyed_by_the_weights(folder, tmp_path, tiny):
     cfg = config(folder, tmp_path, **{"data.subsample": "base"})
     run(cfg, progress=False)
@@ -213,6 +214,7 @@ def test_a_second_writer_is_refused_and_a_killed_ones_lock_is_taken_over(folder,
     assert epochs == [0, 1]
 
 
+@pytest.mark.slow
 def test_two_identical_train_commands_one_runs(folder, tmp_path):
     cmd = [sys.executable, "-m", "promptclip", "-q", "train", "-c", "coop",
            *overrides(folder, tmp_path, **{"train.epochs": 20})]
@@ -231,6 +233,7 @@ def test_two_identical_train_commands_one_runs(folder, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ failures
+@pytest.mark.slow
 def test_a_diverged_run_leaves_nothing_poisoned_and_other_settings_start_clean(folder, tmp_path):
     diverging = config(folder, tmp_path, **{"train.epochs": 3, "optim.name": "sgd", "optim.lr": 1e30,
                                             "optim.warmup_epochs": 1, "optim.warmup_lr": 1e-5})
@@ -351,6 +354,7 @@ def test_zeroshot_does_not_draw_shots(folder, tmp_path, caplog):
     assert "shots: 0" in (runs.default_run_dir(cfg) / runs.CONFIG).read_text()
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_costs_only_its_epochs(folder, tmp_path, caplog):
     cfg = config(folder, tmp_path, **{"train.epochs": 3})
     with pytest.raises(Interrupt):
@@ -378,6 +382,7 @@ def sweep_specs(folder, tmp_path, *extra):
     return protocol, expand(protocol, list(extra))
 
 
+@pytest.mark.slow
 def test_bench_never_counts_other_settings_or_damaged_results(folder, tmp_path):
     from promptclip.bench.protocols import write_manifest
     from promptclip.bench.report import write_report

@@ -34,6 +34,7 @@ def folder(tmp_path_factory):
     return coloured_folder(tmp_path_factory.mktemp("data") / "colours", classes=4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gpus", [0, 1])
 def test_a_failed_run_is_recorded_the_others_go_on_and_a_rerun_retries_it(folder, tmp_path, capsys, gpus):
     missing = tmp_path / "later"
@@ -109,6 +110,7 @@ def test_the_readme_says_which_tiny_model_runs_which_presets():
             assert fits == named, (name, sorted(fits))
 
 
+@pytest.mark.slow
 def test_the_deep_presets_train_on_the_deep_tiny_model(folder, tmp_path, capsys):
     deep = ["maple", "ivlp", "promptsrc", "vpt_deep_clip"]
     root = tmp_path / "runs"
@@ -121,6 +123,7 @@ def test_the_deep_presets_train_on_the_deep_tiny_model(folder, tmp_path, capsys)
         assert json.loads(evaluation.read_text())["test"]["num_images"] > 0, method
 
 
+@pytest.mark.slow
 def test_gpu_workers_stop_with_their_parent_on_sigterm(folder, tmp_path):
     """``bench --gpus``: a SIGTERM to the parent (scancel, kill) stops the workers it started."""
     import os

@@ -35,6 +35,7 @@ def views_stored(tmp_path, cache="cache", evaluated=True):
     return len(list((tmp_path / cache / "features").glob("*.safetensors"))) - evaluated
 
 
+@pytest.mark.slow
 def test_a_warm_cache_gives_the_cold_runs_prompts_and_result(digits_root, tmp_path, counted):
     backbone, images = counted
     cold = run(config(digits_root, tmp_path, **{"output.dir": tmp_path / "cold"}), progress=False, backbone=backbone)
@@ -46,6 +47,7 @@ def test_a_warm_cache_gives_the_cold_runs_prompts_and_result(digits_root, tmp_pa
     assert torch.equal(load_prompts(tmp_path / "cold").text.ctx, load_prompts(tmp_path / "warm").text.ctx)
 
 
+@pytest.mark.slow
 def test_training_without_the_cache_gives_the_same_prompts(digits_root, tmp_path):
     cached = run(config(digits_root, tmp_path, **{"output.dir": tmp_path / "a"}), progress=False)
     uncached = run(config(digits_root, tmp_path, **{"output.dir": tmp_path / "b", "output.cache_dir": tmp_path / "c2",
@@ -55,6 +57,7 @@ def test_training_without_the_cache_gives_the_same_prompts(digits_root, tmp_path
     assert torch.equal(load_prompts(tmp_path / "a").text.ctx, load_prompts(tmp_path / "b").text.ctx)
 
 
+@pytest.mark.slow
 def test_methods_in_a_sweep_share_the_views(digits_root, tmp_path, counted):
     """CoCoOp's 2 epochs see the views CoOp's first 2 epochs encoded; another seed is another draw and other views;
     a method that prompts the image tower encodes images itself and stores nothing."""
@@ -87,6 +90,7 @@ class Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_with_cached_views_resumes_to_the_same_prompts(digits_root, tmp_path):
     fast = {"train.evaluate": "false", "train.epochs": 4}
     full = run(config(digits_root, tmp_path, **fast, **{"output.dir": tmp_path / "full"}), progress=False)

@@ -47,7 +47,7 @@ def save_prompts(model: PromptedCLIP, directory: Union[str, Path], method: str =
     meta = {
         "format": FORMAT_VERSION,
         "method": method,
-        "learners": {side: dataclasses.asdict(l.cfg) for side, l in model.learners().items()},
+        "learners": {side: dataclasses.asdict(learner.cfg) for side, learner in model.learners().items()},
         "losses": {name: dataclasses.asdict(loss.cfg) for name, loss in model.losses.items()},
         "backbone": model.backbone.describe(),
         "classnames": model.classnames,

@@ -65,7 +65,8 @@ class Checkpoint:
         self.path, self.model, self.optimizer, self.scaler, self.callbacks = path, model, optimizer, scaler, callbacks
 
     def save(self, epoch: int) -> None:
-        state = {"epoch": epoch, "learners": {side: l.state_dict() for side, l in self.model.learners().items()},
+        learners = {side: learner.state_dict() for side, learner in self.model.learners().items()}
+        state = {"epoch": epoch, "learners": learners,
                  "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                  "callbacks": {name: cb.state_dict() for name, cb in self.callbacks.items()}}
         buffer = io.BytesIO()
