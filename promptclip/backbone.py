@@ -69,10 +69,6 @@ class VisionPrompts:
         if len(counts) != 1:
             raise BackboneError(f"Every layer's vision prompts must have the same token count, got {sorted(counts)}.")
 
-    @property
-    def num_tokens(self) -> int:
-        return self.tokens[0].shape[-2]
-
     def for_batch(self, layer: int, batch: int) -> torch.Tensor:
         """Layer ``layer``'s tokens for a batch of ``batch`` images: ``[n, D_v]`` or ``[batch, n, D_v]``."""
         tokens = self.tokens[layer]

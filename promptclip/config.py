@@ -126,7 +126,8 @@ class TrainConfig:
     # -- training views (engine/cache.py TrainingViews, data/loaders.py view_seeds) --
     #: augmented views per training image: 0 draws a fresh view every epoch (the reference); K > 0 reuses K views
     #: (view = epoch mod K), so methods that leave the image tower frozen encode each image K times in all. K > 0
-    #: changes the training distribution (the practice of cached-feature few-shot methods); no published preset sets it
+    #: changes the training distribution (the practice of cached-feature few-shot methods: ZS-LP's preset sets 20, as
+    #: its reference trains on 20 views)
     views: int = bounded(0, ge=0)
 
 

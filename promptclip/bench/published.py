@@ -161,8 +161,6 @@ def _few_shot() -> List[Number]:
 
 
 NUMBERS: List[Number] = _b2n_average() + _b2n_per_dataset() + _cross_dataset() + _domain_generalization() + _few_shot()
-#: VFPT on VTAB-1k (ViT-B/16 ImageNet-21k, not CLIP): for reference, no protocol here reproduces it
-VFPT_VTAB_MEAN = Number("vtab", "VFPT", AVERAGE, "accuracy", 73.20, "ViT-B-16 (IN-21k)", True)
 #: few-shot numbers are for 16 shots; zero-shot CLIP rows have none
 FEW_SHOT_SHOTS = 16
 

@@ -38,7 +38,6 @@ class Dataset:
     test: List[Item]
     root: Path
     template: str = "a photo of a {}."
-    templates: Optional[List[str]] = None  # ensemble for zero-shot; defaults to [template]
     notes: List[str] = field(default_factory=list)  # things the reader did that a user should know
     val_is_test: bool = False
 
