@@ -91,7 +91,8 @@ def write_report(directory: Path, out: Optional[Path] = None, plots: bool = True
         lines += [sweep.description, ""] if sweep.description else []
         lines += [f"Backbone: {backbone}. Published numbers are shown only for runs on the published backbone with "
                   "OpenAI weights; \"as recalled\" ones are not yet checked against the papers.", ""]
-        lines += [hparams_line(sweep.records), ""] if hparams_line(sweep.records) else []
+        modes = hparams_line(sweep.records)
+        lines += [modes, ""] if modes else []
         tables = {"accuracy": table}
         csvs = [(out / f"{sweep.name}.csv", table.csv)]
         if choices or pending:

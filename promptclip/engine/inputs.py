@@ -39,9 +39,8 @@ class TrainingInputs:
         features = None
         if self.views is not None:
             cut = [i for batch in batches for i in batch] if cut_short else None
-            features = self.views.features(epoch, cut)[0]
+            features, labels = self.views.features(epoch, cut)
         if self.features_only:
-            labels = torch.tensor([item.label for item in self.items])
             for batch in map(torch.tensor, batches):
                 yield {"image_features": features[batch]}, labels[batch]
             return
