@@ -1,4 +1,4 @@
-"""The frozen CLIP backbone: the one module that touches open_clip's internals.
+"""The frozen CLIP backbone: the one module that reaches inside open_clip's models.
 
 Learners never reach into open_clip. They hand this module prompt *embeddings* and per-layer prompt tokens:
 
@@ -7,38 +7,29 @@ Learners never reach into open_clip. They hand this module prompt *embeddings* a
   replaces the tokens right after SOS at the given deeper layers, and pools at EOT.
 - ``encode_image(images, VisionPrompts(...))`` inserts prompt tokens (shared by the batch or per image) after CLS or
   after the patches, before or after ``ln_pre``, and replaces those slots at deeper layers.
+- ``adapters={layer: BlockAdapter}`` (either tower) changes a block's attention projections without touching the
+  frozen weights (CLIP-LoRA's low-rank deltas).
 
 Both towers run open_clip's blocks through :func:`_run_block`, which computes each attention projection as one matrix
-product where torch's batch-first attention would run one per token position.
+product where torch's batch-first attention would run one per token position. The model and its weights come from
+:mod:`promptclip.weights` (weights files and their diagnostics); what a name means without a model (model configs,
+:class:`~promptclip.architecture.Architecture`, ``weights_status``) from :mod:`promptclip.architecture`.
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import logging
-import math
-import os
-import pickle
-import re
-import warnings
-import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .errors import BackboneError
-from .registry import suggest
+from .options.learners import Placement
+from .architecture import Architecture
+from .weights import create_open_clip
 
-log = logging.getLogger("promptclip")
-
-TINY_CONFIG_DIR = Path(__file__).parent / "model_configs"
-TINY_MODELS = tuple(sorted(p.stem for p in TINY_CONFIG_DIR.glob("*.json")))
-PLACEMENTS = ("after_cls", "after_patches")
 
 
 @dataclass
@@ -56,15 +47,16 @@ class VisionPrompts:
     """
 
     tokens: Dict[int, torch.Tensor]
-    placement: str = "after_cls"
+    placement: Placement = "after_cls"
     before_ln_pre: bool = True
     per_image: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
     def __post_init__(self):
         if 0 not in self.tokens:
             raise BackboneError("VisionPrompts needs tokens for layer 0 (the input); deeper layers are optional.")
-        if self.placement not in PLACEMENTS:
-            raise BackboneError(f"Vision prompt placement must be one of {PLACEMENTS}, not {self.placement!r}.")
+        if self.placement not in get_args(Placement):
+            raise BackboneError(f"Vision prompt placement must be one of {get_args(Placement)}, not "
+                                f"{self.placement!r}.")
         counts = {t.shape[-2] for t in self.tokens.values()}
         if len(counts) != 1:
             raise BackboneError(f"Every layer's vision prompts must have the same token count, got {sorted(counts)}.")
@@ -76,26 +68,6 @@ class VisionPrompts:
             raise BackboneError(f"Per-image vision prompts for layer {layer} hold {tokens.shape[0]} images, but the "
                                 f"batch has {batch}: give one prompt set per image, or [n, D_v] tokens to share.")
         return tokens if self.per_image is None else self.per_image(_expand(tokens, batch))
-
-
-def _register_tiny_configs() -> None:
-    import open_clip
-
-    if TINY_MODELS[0] not in open_clip.list_models():
-        open_clip.add_model_config(TINY_CONFIG_DIR)
-
-
-@contextlib.contextmanager
-def _quiet_root_logger(quiet: bool):
-    """Silence open_clip's root-logger 'initialized randomly' warning for the built-in tiny configs."""
-    root = logging.getLogger()
-    level = root.level
-    if quiet:
-        root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 def _expand(tokens: torch.Tensor, batch: int) -> torch.Tensor:
@@ -125,8 +97,25 @@ def _is_standard_block(block: nn.Module) -> bool:
             and attn.bias_k is None and not attn.add_zero_attn)
 
 
-def _run_block(block: nn.Module, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``block(x, attn_mask=attn_mask)`` for ``x [N, L, D]``, with open_clip's standard block written out.
+class BlockAdapter:
+    """A learned change of one block's attention projections that leaves the frozen weights untouched (CLIP-LoRA).
+
+    The written-out block calls :meth:`in_proj` for the packed q/k/v projection (``[N, L, D]`` → ``[N, L, 3D]``)
+    and :meth:`out_proj` for the output projection, with the block's frozen weight and bias; the defaults are the
+    frozen projections themselves.
+    """
+
+    def in_proj(self, y: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        return F.linear(y, weight, bias)
+
+    def out_proj(self, h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        return F.linear(h, weight, bias)
+
+
+def _run_block(block: nn.Module, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+               adapter: Optional[BlockAdapter] = None) -> torch.Tensor:
+    """``block(x, attn_mask=attn_mask)`` for ``x [N, L, D]``, with open_clip's standard block written out (and the
+    attention projections changed by ``adapter``, if given).
 
     Off its inference fast path (whenever a gradient flows, and under autocast) torch's batch-first
     ``nn.MultiheadAttention`` projects a transposed ``[L, N, D]`` view, which runs as one small matrix product per
@@ -134,357 +123,22 @@ def _run_block(block: nn.Module, x: torch.Tensor, attn_mask: Optional[torch.Tens
     tokens, as in CLIP's sequence-first reference. Same result up to rounding.
     """
     if not _is_standard_block(block):
+        if adapter is not None:
+            raise BackboneError(f"This backbone's {type(block).__name__} blocks are not open_clip's standard "
+                                f"residual attention blocks, whose attention weights can be adapted.")
         return block(x, attn_mask=attn_mask)
-    attn = block.attn
+    attn, adapter = block.attn, adapter if adapter is not None else _FROZEN
     n, length, width = x.shape
     y = block.ln_1(x)
-    q, k, v = F.linear(y, attn.in_proj_weight, attn.in_proj_bias).view(
+    q, k, v = adapter.in_proj(y, attn.in_proj_weight, attn.in_proj_bias).view(
         n, length, 3, attn.num_heads, width // attn.num_heads).permute(2, 0, 3, 1, 4)
     mask = attn_mask.to(y.dtype) if attn_mask is not None else None
     h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(n, length, width)
-    x = x + block.ls_1(F.linear(h, attn.out_proj.weight, attn.out_proj.bias))
+    x = x + block.ls_1(adapter.out_proj(h, attn.out_proj.weight, attn.out_proj.bias))
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
-# ------------------------------------------------------------------------------------------ checkpoint files
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def _checked_checkpoint(path: str) -> str:
-    """``path`` made absolute, after the checks that need no reading: a folder, a special or an empty file."""
-    path = os.path.abspath(path)
-    if os.path.isdir(path):
-        raise BackboneError(f"model.pretrained={path} is a folder, not a weights file: pass the file inside it (e.g. "
-                            f"{os.path.join(path, 'open_clip_pytorch_model.bin')}), or use model.name=local-dir:{path} "
-                            f"for a folder holding open_clip_config.json and the weights.")
-    if not os.path.isfile(path):
-        raise BackboneError(f"model.pretrained={path} is not a regular file: pass a weights file.")
-    if os.path.getsize(path) == 0:
-        raise BackboneError(f"Checkpoint file {path} is empty (0 bytes; an interrupted download or copy?): "
-                            f"download or copy it again.")
-    if not os.access(path, os.R_OK):
-        raise BackboneError(f"Checkpoint file {path} cannot be read (permission denied): fix its permissions.")
-    return path
-
-
-def _file_format(path: str) -> str:
-    """What a weights file holds by its first bytes: safetensors, torch, torchscript, zip, damaged-zip, text or
-    unknown."""
-    with open(path, "rb") as f:
-        head = f.read(512)
-    if head.startswith(b"PK\x03\x04"):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-        except zipfile.BadZipFile:
-            return "damaged-zip"
-        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
-            return "torchscript"
-        return "torch" if any(n.endswith("data.pkl") for n in names) else "zip"
-    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return "torch"  # a pickle: torch.save's legacy format
-    if len(head) > 8 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= os.path.getsize(path):
-        return "safetensors"
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError as err:  # a character cut at the 512th byte is still text
-        text = head[:err.start].decode("utf-8") if err.start >= len(head) - 3 else ""
-    return "text" if text and all(c.isprintable() or c.isspace() for c in text) else "unknown"
-
-
-def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    """The tensors of a weights file, read safely (safetensors, or ``torch.load(weights_only=True)``); a file that
-    is not a plain state dict is a BackboneError saying what it is instead."""
-    kind = _file_format(path)
-    damaged = (f"Checkpoint file {path} is damaged or incomplete (an interrupted download or copy?): "
-               f"download or copy it again.")
-    if kind == "safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            obj = load_file(path)
-        except SafetensorError:
-            raise BackboneError(damaged) from None
-    elif kind == "torch":
-        try:
-            with open(path, "rb") as f:  # a file object: torch.load picks no reader by the name
-                obj = torch.load(f, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            found = re.search(r"GLOBAL ([\w.]+)", str(err))
-            if not found:
-                raise BackboneError(damaged) from None
-            raise BackboneError(
-                f"Checkpoint file {path} is not a plain state dict: besides tensors it holds pickled Python objects "
-                f"({found.group(1)}), which promptclip does not unpickle because that can run arbitrary code. Where "
-                f"the file was made, save the weights alone (torch.save(model.state_dict(), 'weights.pt'), or a "
-                f".safetensors file), or get the model's open_clip weights file (open_clip_pytorch_model.bin or "
-                f".safetensors).") from None
-        except (RuntimeError, EOFError, ValueError, OSError):
-            raise BackboneError(damaged) from None
-    else:
-        raise BackboneError({
-            "damaged-zip": damaged,
-            "torchscript": f"Checkpoint file {path} is a TorchScript archive (a whole scripted model, like OpenAI's "
-                           f"original .pt files), not a state dict: get the model's open_clip weights file "
-                           f"(open_clip_pytorch_model.bin or .safetensors), or save the scripted model's "
-                           f"state_dict() with torch.save.",
-            "zip": f"Checkpoint file {path} is a zip archive but not a PyTorch checkpoint: unpack it and pass the "
-                   f"weights file inside, or check the path.",
-            "text": f"Checkpoint file {path} is a text file, not weights: model.pretrained needs a state dict "
-                    f"(.bin, .pt, .pth or .safetensors); a folder with open_clip_config.json and weights loads "
-                    f"with model.name=local-dir:FOLDER.",
-            "unknown": f"Checkpoint file {path} is neither a PyTorch nor a safetensors file (damaged, or not a "
-                       f"checkpoint at all): check the path, or download or copy the file again.",
-        }[kind])
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]  # a training checkpoint, as open_clip reads it
-    if not isinstance(obj, dict) or not obj:
-        what = "an empty mapping" if isinstance(obj, dict) else f"a {type(obj).__name__}"
-        raise BackboneError(f"Checkpoint file {path} holds {what}, not a state dict (parameter names → tensors): "
-                            f"save model.state_dict() with torch.save or safetensors.")
-    if not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        nested = [k for k, v in obj.items() if isinstance(v, dict) and any(isinstance(t, torch.Tensor)
-                                                                           for t in v.values())]
-        where = f"; the weights seem to be under {nested[0]!r}: save that entry alone" if nested else ""
-        raise BackboneError(f"Checkpoint file {path} holds no tensors at its top level (keys: "
-                            f"{', '.join(map(str, list(obj)[:5]))}), so it is not a state dict{where}.")
-    if str(next(iter(obj))).startswith("module"):
-        obj = {k[7:]: v for k, v in obj.items()}  # saved from DistributedDataParallel, as open_clip strips it
-    return obj
-
-
-def state_mismatch(found: Dict[str, Sequence[int]], expected: Dict[str, Sequence[int]], limit: int = 2) -> str:
-    """'' when ``found`` has exactly the tensor names and shapes of ``expected``, else the first differences."""
-    def shape(dims) -> str:
-        return "×".join(map(str, dims)) or "scalar"
-
-    def first(keys, show=str) -> str:
-        return ", ".join(show(k) for k in keys[:limit]) + (", ..." if len(keys) > limit else "")
-
-    other = [k for k in expected if k in found and list(found[k]) != list(expected[k])]
-    missing = [k for k in expected if k not in found]
-    extra = [k for k in found if k not in expected]
-    parts = [f"{len(keys)} {what} ({first(keys, show)})" for keys, what, show in (
-        (other, "of another shape", lambda k: f"{k} {shape(found[k])} instead of {shape(expected[k])}"),
-        (missing, "missing", str), (extra, "unexpected", str)) if keys]
-    return "tensors: " + "; ".join(parts) if parts else ""
-
-
-def _count_blocks(state: dict, prefix: str) -> int:
-    return len({k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)})
-
-
-def _state_fingerprint(state: dict) -> Optional[tuple]:
-    """(embed dim, vision width, layers, patch, image size, text width, layers, context, vocabulary) of a standard
-    open_clip CLIP state dict, or None."""
-    try:
-        text = (state["token_embedding.weight"].shape[1], _count_blocks(state, "transformer.resblocks."),
-                state["positional_embedding"].shape[0], state["token_embedding.weight"].shape[0])
-        if "visual.conv1.weight" in state and "visual.class_embedding" in state:
-            width, patch = state["visual.conv1.weight"].shape[0], state["visual.conv1.weight"].shape[-1]
-            grid = round(math.sqrt(state["visual.positional_embedding"].shape[0] - 1))
-            vision = (width, _count_blocks(state, "visual.transformer.resblocks."), patch, patch * grid)
-        else:
-            grid = round(math.sqrt(state["visual.attnpool.positional_embedding"].shape[0] - 1))
-            vision = (state["visual.layer1.0.conv1.weight"].shape[0],
-                      tuple(_count_blocks(state, f"visual.layer{i}.") for i in range(1, 5)), None, 32 * grid)
-        return (state["text_projection"].shape[1], *vision, *text)
-    except (KeyError, IndexError, AttributeError):
-        return None
-
-
-def _config_fingerprint(cfg: dict) -> Optional[tuple]:
-    """:func:`_state_fingerprint` of an open_clip model config, or None for towers from timm or Hugging Face."""
-    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
-
-    v = {**dataclasses.asdict(CLIPVisionCfg()), **cfg.get("vision_cfg", {})}
-    t = {**dataclasses.asdict(CLIPTextCfg()), **cfg.get("text_cfg", {})}
-    if v["timm_model_name"] or t["hf_model_name"] or cfg.get("custom_text"):
-        return None
-    resnet = isinstance(v["layers"], (list, tuple))
-    size = v["image_size"][0] if isinstance(v["image_size"], (list, tuple)) else v["image_size"]
-    return (cfg.get("embed_dim"), v["width"], tuple(v["layers"]) if resnet else v["layers"],
-            None if resnet else v["patch_size"], size, t["width"], t["layers"], t["context_length"], t["vocab_size"])
-
-
-def _models_fitting(state: dict) -> list:
-    """open_clip model names whose architecture has the shapes of ``state``."""
-    import open_clip
-
-    fingerprint = _state_fingerprint(state)
-    if fingerprint is None:
-        return []
-    return [n for n in open_clip.list_models() if _config_fingerprint(open_clip.get_model_config(n)) == fingerprint]
-
-
-def _checkpoint_problem(path: str, model: nn.Module, name: str, err: Exception) -> str:
-    """Why open_clip could not load ``path`` into ``model``, found by reading the file."""
-    state = _read_state_dict(path)
-    safetensors = _file_format(path) == "safetensors"
-    if path.endswith(".safetensors") != safetensors:
-        return (f"Checkpoint file {path} is a {'safetensors' if safetensors else 'PyTorch'} file but its name says "
-                f"otherwise (open_clip picks the reader by the extension): rename it to end in "
-                f"{'.safetensors' if safetensors else '.pt'}.")
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    if not set(state) & set(expected):
-        return (f"Checkpoint file {path} holds no tensor of {name} (its tensors are named like "
-                f"{', '.join(list(state)[:2])}): it is not an open_clip checkpoint (Hugging Face transformers or timm "
-                f"weights need converting to open_clip's names), or model.name is wrong.")
-    shapes = {k: getattr(v, "shape", ()) for k, v in state.items()}
-    mismatch = state_mismatch(shapes, expected)
-    if not mismatch:
-        return (f"Could not load checkpoint file {path} into {name} ({_first_line(err)}): check that it holds "
-                f"open_clip weights for {name}.")
-    fits = _models_fitting(state)
-    if name in fits or not (fits or any(k in shapes and shapes[k] != v for k, v in expected.items())):
-        return (f"Checkpoint file {path} does not match model.name={name} exactly ({mismatch}): save the model's "
-                f"whole state_dict() and nothing else.")
-    hint = (f"They fit model.name={' or '.join(fits[:3])}." if fits else
-            "Check model.name: it must be the architecture the weights were saved from.")
-    return f"Checkpoint file {path} holds weights of another architecture than model.name={name} ({mismatch}). {hint}"
-
-
-def _local_dir_problem(name: str, err: Exception) -> str:
-    """Why open_clip could not load the weights of a ``local-dir:`` model, found by reading its weights files."""
-    folder = Path(name[len("local-dir:"):])
-    for path in [*sorted(folder.glob("*.safetensors")), *sorted(folder.glob("*.bin")), *sorted(folder.glob("*.pth"))]:
-        _read_state_dict(_checked_checkpoint(str(path)))
-    return (f"The weights in {folder} do not fit the model its open_clip_config.json describes ({_first_line(err)}): "
-            f"check that the config and the weights belong together.")
-
-
-def _load_checkpoint(model: nn.Module, path: str, name: str) -> None:
-    """Load ``path`` into ``model`` through open_clip (``weights_only=True``); a failure says what is wrong."""
-    import open_clip
-
-    try:
-        with warnings.catch_warnings():  # torch.load's notice about TorchScript archives: refused below anyway
-            warnings.filterwarnings("ignore", message=".*TorchScript archive")
-            open_clip.load_checkpoint(model, path, strict=True, weights_only=True, device="cpu")
-        return
-    except Exception as err:  # torch, safetensors and open_clip fail in many ways: reading the file tells which
-        failure = err
-    raise BackboneError(_checkpoint_problem(path, model, name, failure))
-
-
-def weights_status(name: str, pretrained: Optional[str], cache_dir: Optional[str] = None) -> Tuple[bool, str]:
-    """Whether the weights ``FrozenCLIP.load(name, pretrained)`` needs are on this machine, without loading or
-    downloading anything: ``(available, where)``."""
-    import open_clip
-    from huggingface_hub import try_to_load_from_cache
-
-    def in_hub_cache(repo: str, files: Sequence[str]) -> Optional[str]:
-        for file in files:
-            found = try_to_load_from_cache(repo, file, cache_dir=cache_dir)
-            if isinstance(found, str):
-                return found
-        return None
-
-    weights = (open_clip.constants.HF_SAFE_WEIGHTS_NAME, open_clip.constants.HF_WEIGHTS_NAME)
-    pretrained = None if pretrained in (None, "", "none", "random") else str(pretrained)
-    if name.startswith("local-dir:"):
-        folder = os.path.expanduser(name[len("local-dir:"):])
-        return os.path.isdir(folder), f"local folder {folder}" + ("" if os.path.isdir(folder) else " (missing)")
-    if name.startswith("hf-hub:"):
-        found = in_hub_cache(name[len("hf-hub:"):], weights)
-        return found is not None, found or f"{name}: not in the Hugging Face cache (needs a download)"
-    if pretrained is None:
-        return True, "random weights (nothing to download)"
-    file = os.path.expanduser(pretrained)
-    if os.path.isfile(file) or pretrained not in open_clip.list_pretrained_tags_by_model(name):
-        return os.path.isfile(file), f"local file {file}" + ("" if os.path.isfile(file) else " (missing)")
-    cfg = open_clip.get_pretrained_cfg(name, pretrained)
-    if cfg.get("hf_hub"):
-        repo, file = os.path.split(cfg["hf_hub"])  # "org/repo/" (default weights file) or "org/repo/file"
-        found = in_hub_cache(repo, [file] if file else weights)
-        if found:
-            return True, found
-    if cfg.get("url"):
-        target = os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(cfg["url"]))
-        if os.path.isfile(target):
-            return True, target
-    return False, f"{name} {pretrained}: not in the local caches (needs a download)"
-
-
-# ------------------------------------------------------------------------------------------------ architecture
-def model_config(name: str, cache_dir: Optional[str] = None) -> Optional[dict]:
-    """The open_clip model config of ``name`` without building the model or reading weights: an open_clip name or a
-    built-in tiny config, ``local-dir:`` (its ``open_clip_config.json``), ``hf-hub:`` (only if cached). None where it
-    is not on this machine or the name is unknown."""
-    import json
-
-    import open_clip
-
-    if name.startswith(("local-dir:", "hf-hub:")):
-        if name.startswith("local-dir:"):
-            path = Path(os.path.expanduser(name[len("local-dir:"):])) / "open_clip_config.json"
-        else:
-            from huggingface_hub import try_to_load_from_cache
-
-            found = try_to_load_from_cache(name[len("hf-hub:"):], "open_clip_config.json", cache_dir=cache_dir)
-            path = Path(found) if isinstance(found, str) else None
-        if path is None or not path.is_file():
-            return None
-        try:
-            config = json.loads(path.read_text()).get("model_cfg")
-        except (ValueError, UnicodeDecodeError, AttributeError):
-            return None
-        return config if isinstance(config, dict) else None
-    _register_tiny_configs()
-    return open_clip.get_model_config(name)
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """What prompt learners need to know of a backbone: its towers' layer counts and widths. ``text_layers`` is None
-    for a text tower prompts cannot reach (not a causal open_clip transformer), ``vision_layers`` for an image tower
-    other than a class-token ViT, with ``vision_problem`` saying why. Read from the model config by :meth:`of`
-    (no weights, no model), or from a loaded :class:`FrozenCLIP`; the learners check configs against it."""
-
-    name: str
-    text_layers: Optional[int]
-    text_width: Optional[int]
-    vision_layers: Optional[int]
-    vision_width: Optional[int]
-    vision_problem: Optional[str] = None
-
-    @classmethod
-    def of(cls, name: str, cache_dir: Optional[str] = None) -> Optional["Architecture"]:
-        """The architecture of model ``name`` from its config (see :func:`model_config`); None where unknown."""
-        config = model_config(name, cache_dir)
-        return None if config is None else cls.from_config(name, config)
-
-    @classmethod
-    def from_config(cls, name: str, config: dict) -> "Architecture":
-        from open_clip.model import CLIPTextCfg, CLIPVisionCfg
-
-        v = {**dataclasses.asdict(CLIPVisionCfg()), **config.get("vision_cfg", {})}
-        t = {**dataclasses.asdict(CLIPTextCfg()), **config.get("text_cfg", {})}
-        causal = not (t["hf_model_name"] or t["no_causal_mask"] or t["embed_cls"] or t["pool_type"] != "argmax")
-        problem = None
-        if v["timm_model_name"] or isinstance(v["layers"], (list, tuple)):
-            problem = (f"vision prompts need a ViT image tower; {name} has "
-                       f"{'a timm tower' if v['timm_model_name'] else 'a ResNet'}")
-        elif v["attentional_pool"] or v["pool_type"] != "tok":
-            problem = f"vision prompts are supported for ViTs that pool the class token; {name} does not"
-        return cls(name, t["layers"] if causal else None, t["width"] if causal else None,
-                   None if problem else v["layers"], None if problem else v["width"], problem)
-
-    @classmethod
-    def of_backbone(cls, backbone: "FrozenCLIP") -> "Architecture":
-        """The architecture of a loaded backbone (what :meth:`of` reads from its config)."""
-        text = backbone._text is not None
-        try:
-            backbone.require_vision_prompts()
-            problem = None
-        except BackboneError as err:
-            problem = str(err)
-        return cls(backbone.name, backbone.num_text_layers if text else None, backbone.text_width if text else None,
-                   None if problem else backbone.num_vision_layers, None if problem else backbone.vision_width,
-                   problem)
+_FROZEN = BlockAdapter()
 
 
 class FrozenCLIP(nn.Module):
@@ -522,64 +176,8 @@ class FrozenCLIP(nn.Module):
         config (``tiny-vit``, ``tiny-vit-wide``, ``tiny-vit-deep``, ``tiny-rn``: random weights, for tests and the
         demo).
         """
-        import open_clip
-
-        _register_tiny_configs()
-        kwargs = {"device": device, "cache_dir": cache_dir, "weights_only": True}
-        checkpoint = None
-        pretrained = None if pretrained in (None, "", "none", "random") else str(pretrained)
-        has_schema = name.startswith(("hf-hub:", "local-dir:"))
-        if not has_schema:
-            known = open_clip.list_models()
-            if name not in known:
-                raise BackboneError(f"Unknown CLIP model {name!r}.{suggest(name, known)} "
-                                    f"`python -c 'import open_clip; print(open_clip.list_models())'` lists them all; "
-                                    f"built-in tiny configs: {', '.join(TINY_MODELS)}.")
-            tags = open_clip.list_pretrained_tags_by_model(name)
-            file = os.path.expanduser(pretrained) if pretrained is not None else None
-            if file is not None and (os.path.isfile(file) or (os.path.exists(file) and pretrained not in tags)):
-                checkpoint = pretrained = _checked_checkpoint(file)
-            elif pretrained is not None and pretrained not in tags:
-                if any(ch in pretrained for ch in "/\\."):
-                    raise BackboneError(f"Checkpoint file {pretrained!r} does not exist: check model.pretrained "
-                                        f"(a weights file, or a tag of {name}).")
-                raise BackboneError(f"Model {name!r} has no pretrained tag {pretrained!r}.{suggest(pretrained, tags)} "
-                                    f"Its tags: {', '.join(tags) or 'none'}; or pass a local checkpoint file.")
-            if pretrained == "openai" and "quickgelu" not in name.lower():
-                kwargs["force_quick_gelu"] = True  # OpenAI weights were trained with QuickGELU
-            kwargs["pretrained"] = None if checkpoint is not None else pretrained  # a file: loaded below
-        elif pretrained is not None:
-            log.warning("model.pretrained=%r is ignored: %r names its own weights.", pretrained, name)
-            pretrained = None
-        try:
-            # random weights come from a fixed seed, so saved prompts reload onto the very same random backbone
-            with _quiet_root_logger(name in TINY_MODELS or checkpoint is not None), torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                model = open_clip.create_model(name, **kwargs)
-        except (FileNotFoundError, ValueError) as err:
-            raise BackboneError(f"Could not load {name!r}: {err}") from None
-        except Exception as err:
-            if name.startswith("local-dir:"):  # the folder's weights failed to load: say which file, and why
-                raise BackboneError(_local_dir_problem(name, err)) from None
-            if not isinstance(err, RuntimeError):
-                raise
-            if "download" in str(err).lower() or "offline" in str(err).lower():
-                offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-                local = ("download the repository's files into a folder and use model.name=local-dir:/that/folder"
-                         if has_schema else "pass a local file: model.pretrained=/path/to/open_clip_pytorch_model.bin")
-                raise BackboneError(
-                    f"The weights for {name!r} (pretrained={pretrained!r}) must be downloaded and "
-                    f"{'HF_HUB_OFFLINE=1 is set' if offline else 'the download failed (no network?)'}. "
-                    f"Download them on a machine with network (open_clip caches them under ~/.cache/huggingface), "
-                    f"or {local}."
-                ) from None
-            raise BackboneError(f"Could not create {name!r} with pretrained={pretrained!r}: {err}") from None
-        if checkpoint is not None:
-            _load_checkpoint(model, checkpoint, name)
-        if pretrained is None and not has_schema and name not in TINY_MODELS:
-            log.warning("%s has random weights (no model.pretrained given): accuracies are meaningless.", name)
-        tokenizer = open_clip.get_tokenizer(name)
-        return cls(model, tokenizer, name, pretrained)
+        model, tokenizer, weights = create_open_clip(name, pretrained, device, cache_dir)
+        return cls(model, tokenizer, name, weights)
 
     def train(self, mode: bool = True):
         """The backbone stays in eval mode (no dropout, frozen norms) whatever the composed model does."""
@@ -649,11 +247,13 @@ class FrozenCLIP(nn.Module):
         return ids.argmax(dim=-1)
 
     def encode_text(self, embeddings: torch.Tensor, eot_index: torch.Tensor,
-                    deep: Optional[Dict[int, torch.Tensor]] = None, truncate: bool = True) -> torch.Tensor:
+                    deep: Optional[Dict[int, torch.Tensor]] = None, truncate: bool = True,
+                    adapters: Optional[Dict[int, BlockAdapter]] = None) -> torch.Tensor:
         """Text features ``[N, E]`` (not normalised) from prompt embeddings ``[N, L, D_t]``.
 
-        ``deep[i]`` (``[n, D_t]`` or ``[N, n, D_t]``) replaces positions ``1..n`` before block ``i`` (``i >= 1``).
-        With ``truncate`` the sequence is cut after the longest EOT: identical output, less work.
+        ``deep[i]`` (``[n, D_t]`` or ``[N, n, D_t]``) replaces positions ``1..n`` before block ``i`` (``i >= 1``);
+        ``adapters[i]`` changes block ``i``'s attention projections. With ``truncate`` the sequence is cut after the
+        longest EOT: identical output, less work.
         """
         t = self._require_text()
         if deep and min(deep) < 1:
@@ -664,16 +264,17 @@ class FrozenCLIP(nn.Module):
         for i, block in enumerate(t.blocks):
             if deep and i in deep:
                 x = _replace_slots(x, 1, deep[i])
-            x = _run_block(block, x, mask)
+            x = _run_block(block, x, mask, adapters.get(i) if adapters else None)
         x = t.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), eot_index]
         if t.projection is not None:
             x = t.projection(x) if isinstance(t.projection, nn.Linear) else x @ t.projection.to(x.dtype)
         return x
 
-    def encode_text_ids(self, ids: torch.Tensor, truncate: bool = True) -> torch.Tensor:
-        """Text features of plain token ids (zero-shot prompts)."""
-        return self.encode_text(self.embed_tokens(ids), self.eot_index(ids), truncate=truncate)
+    def encode_text_ids(self, ids: torch.Tensor, truncate: bool = True,
+                        adapters: Optional[Dict[int, BlockAdapter]] = None) -> torch.Tensor:
+        """Text features of plain token ids (zero-shot prompts; through ``adapters`` if given)."""
+        return self.encode_text(self.embed_tokens(ids), self.eot_index(ids), truncate=truncate, adapters=adapters)
 
     # -------------------------------------------------------------------------------------------- image side
     @property
@@ -704,13 +305,15 @@ class FrozenCLIP(nn.Module):
         if getattr(v, "attn_pool", None) is not None or getattr(v, "pool_type", "tok") != "tok":
             raise BackboneError(f"{who} are supported for ViTs that pool the class token; {self.name} does not.")
 
-    def encode_image(self, images: torch.Tensor, prompts: Optional[VisionPrompts] = None) -> torch.Tensor:
-        """Image features ``[B, E]`` (not normalised), with optional prompt tokens.
+    def encode_image(self, images: torch.Tensor, prompts: Optional[VisionPrompts] = None,
+                     adapters: Optional[Dict[int, BlockAdapter]] = None) -> torch.Tensor:
+        """Image features ``[B, E]`` (not normalised), with optional prompt tokens and attention ``adapters`` by
+        block index.
 
         A ViT that pools its class token runs through :func:`_run_block` even without prompts (open_clip's forward
         takes the slow batched path under autocast); other image towers run open_clip's own forward.
         """
-        if prompts is None and not self._own_vit_forward:
+        if prompts is None and not adapters and not self._own_vit_forward:
             return self.model.encode_image(images)
         self.require_vision_prompts()
         v = self.model.visual
@@ -728,7 +331,7 @@ class FrozenCLIP(nn.Module):
         for i, block in enumerate(v.transformer.resblocks):
             if prompts is not None and i > 0 and i in prompts.tokens:
                 x = _replace_slots(x, start, prompts.for_batch(i, x.shape[0]))
-            x = _run_block(block, x)
+            x = _run_block(block, x, adapter=adapters.get(i) if adapters else None)
         pooled = v.ln_post(x[:, 0])
         return pooled @ v.proj if v.proj is not None else pooled
 
@@ -737,8 +340,17 @@ class FrozenCLIP(nn.Module):
         return sum(p.numel() for p in self.model.parameters())
 
     @property
-    def architecture(self) -> "Architecture":
-        return Architecture.of_backbone(self)
+    def architecture(self) -> Architecture:
+        """This backbone's layer counts and widths, the facts :meth:`Architecture.of` reads from a config."""
+        text = self._text is not None
+        try:
+            self.require_vision_prompts()
+            problem = None
+        except BackboneError as err:
+            problem = str(err)
+        return Architecture(self.name, self.num_text_layers if text else None, self.text_width if text else None,
+                            None if problem else self.num_vision_layers, None if problem else self.vision_width,
+                            problem)
 
     def describe(self) -> dict:
         """What a saved prompt file records so it is only loaded onto the same backbone."""

@@ -13,6 +13,7 @@ from typing import List, Optional
 
 from .bench.commands import examples
 from .errors import ConfigError, PromptclipError
+from .plugins import load_plugins
 
 OVERRIDES_HELP = "config overrides as dotted keys, e.g. optim.lr=0.01 data.shots=4 text.n_ctx=8"
 EVAL_OVERRIDES_HELP = ("evaluation settings as dotted keys (model.*, data.*, train.precision, train.device, "
@@ -131,7 +132,7 @@ def cmd_config(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from .runs import find_runs
+    from .run_files import find_runs
 
     found = find_runs(args.dir)
     if not found:
@@ -152,39 +153,36 @@ def cmd_runs(args) -> int:
 GLOBAL_FLAGS = {"-q": "--quiet", "--quiet": "--quiet", "-v": "--verbose", "--verbose": "--verbose"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="promptclip", description="Prompt learning on frozen CLIP models. "
-                                     "Options and KEY=VALUE overrides may come in any order.")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
-    parser.add_argument("-v", "--verbose", action="store_true", help="also show other libraries' messages")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _command(sub, name: str, help: str, description: str, *example_lines: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=textwrap.fill(description, 110) + examples(*example_lines),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    def command(name: str, help: str, description: str, *example_lines: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=textwrap.fill(description, 110) + examples(*example_lines),
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    def with_config(p, runs: bool = False, overrides_help: str = OVERRIDES_HELP):
-        p.add_argument("-c", "--config", action="append", default=[], metavar="PRESET", help=PRESET_HELP)
-        if runs:
-            p.add_argument("--replace", action="store_true",
-                           help="if the run folder holds a run made with other settings, delete it and run anew")
-        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=overrides_help)
-        return p
+def _with_config(p: argparse.ArgumentParser, runs: bool = False, overrides_help: str = OVERRIDES_HELP):
+    p.add_argument("-c", "--config", action="append", default=[], metavar="PRESET", help=PRESET_HELP)
+    if runs:
+        p.add_argument("--replace", action="store_true",
+                       help="if the run folder holds a run made with other settings, delete it and run anew")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=overrides_help)
+    return p
 
-    p = with_config(command("train", "train prompts and evaluate them (resumes an interrupted run)",
+
+def _add_run_commands(sub) -> None:
+    """train, zeroshot, eval, predict: the commands that make or use a run."""
+    p = _with_config(_command(sub, "train", "train prompts and evaluate them (resumes an interrupted run)",
                             "Train prompts with a preset and overrides; writes a run folder.",
                             "promptclip train -c coop data.name=DescribableTextures data.root=~/data data.shots=16 "
                             "seed=1",
                             "promptclip train -c maple data.name=imagefolder data.root=data/digits "
                             "model.name=tiny-vit-deep model.pretrained=null   # offline, random weights"), runs=True)
     p.set_defaults(func=cmd_train)
-    p = with_config(command("zeroshot", "zero-shot CLIP on a dataset",
+    p = _with_config(_command(sub, "zeroshot", "zero-shot CLIP on a dataset",
                             "Zero-shot CLIP: the zeroshot preset plus yours.",
                             "promptclip zeroshot data.name=EuroSAT data.root=~/data"), runs=True,
                     overrides_help="config overrides as dotted keys, e.g. text.templates=ensemble "
                                    "train.eval_batch_size=64")
     p.set_defaults(func=cmd_zeroshot)
-    p = command("eval", "evaluate a run's prompts on another class set or dataset",
+    p = _command(sub, "eval", "evaluate a run's prompts on another class set or dataset",
                 "Evaluate saved prompts; overrides choose the data and how to evaluate, not what was trained. Writes "
                 "RUN_DIR/evals/<dataset>-<subsample>-<fingerprint>.json, one file per distinct evaluation (the "
                 "fingerprint covers the run and every evaluation setting); an existing one is reused unless --force.",
@@ -194,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=EVAL_OVERRIDES_HELP)
     p.add_argument("--force", action="store_true", help="evaluate again even if the result exists")
     p.set_defaults(func=cmd_eval)
-    p = command("predict", "top-k classes for image files with a run's prompts",
+    p = _command(sub, "predict", "top-k classes for image files with a run's prompts",
                 "Classify image files with the prompts saved in RUN_DIR.",
                 "promptclip predict RUN_DIR IMAGE.png --topk 2")
     p.add_argument("run_dir", type=Path)
@@ -203,7 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_predict)
-    p = command("interpret", "what a run's learned prompts mean: nearest words, prompt norms",
+
+
+def _add_tool_commands(sub) -> None:
+    """interpret, demo, config, runs."""
+    p = _command(sub, "interpret", "what a run's learned prompts mean: nearest words, prompt norms",
                 "For each learned text context vector, the nearest tokens of the backbone's vocabulary (Euclidean "
                 "distance, as in CoOp); for deep, vision and image-conditioned prompts, L2 norms per layer beside "
                 "the backbone's own scales. docs/interpret.md explains each number.",
@@ -213,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_interpret)
-    p = command("demo", "offline demo: digits, a tiny random CLIP, zero-shot vs CoOp",
+    p = _command(sub, "demo", "offline demo: digits, a tiny random CLIP, zero-shot vs CoOp",
                 "Writes scikit-learn's digits as an image folder and compares zero-shot CLIP with CoOp (shared and "
                 "class-specific) on a tiny CLIP with random weights.",
                 "promptclip demo --out demo_runs --shots 2 --epochs 1")
@@ -221,17 +223,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, default=16)
     p.add_argument("--epochs", type=int, default=40)
     p.set_defaults(func=cmd_demo)
-    p = with_config(command("config", "print the resolved config of presets + overrides",
+    p = _with_config(_command(sub, "config", "print the resolved config of presets + overrides",
                             "Print the config a train command would use, or --list presets.",
                             "promptclip config -c maple model.name=tiny-vit-deep", "promptclip config --list"))
     p.add_argument("--list", action="store_true", help="list the presets")
     p.set_defaults(func=cmd_config)
-    p = command("runs", "list the runs under a folder with their status and accuracy",
+    p = _command(sub, "runs", "list the runs under a folder with their status and accuracy",
                 "Every run folder under DIR: done, running (with the lock's owner), interrupted (resumes when its "
                 "command is run again), failed or damaged; epochs done and test accuracy.",
                 "promptclip runs runs")
     p.add_argument("dir", type=Path, help="a folder of runs, e.g. runs")
     p.set_defaults(func=cmd_runs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="promptclip", description="Prompt learning on frozen CLIP models. "
+                                     "Options and KEY=VALUE overrides may come in any order.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also show other libraries' messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run_commands(sub)
+    _add_tool_commands(sub)
     from .bench.commands import add_bench_commands
     from .data.commands import add_data_commands
     from .engine.cache_admin import add_cache_command
@@ -263,6 +275,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse(argv)
     _setup_logging(args.quiet, args.verbose)
     try:
+        load_plugins()
         code = args.func(args)
         sys.stdout.flush()
         return code

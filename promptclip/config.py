@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import os
 from dataclasses import MISSING, dataclass, field
@@ -16,7 +17,9 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Union, get_args
 
 import yaml
 
+from .devices import Precision
 from .errors import ConfigError, UnregisteredInConfig
+from .plugins import load_plugins
 from .registry import CALLBACKS, DATASETS, LEARNERS, LOSSES, reader_options, refuse_unknown_options, suggest
 
 #: the presets shipped with promptclip: inside the package when installed from a wheel (setup.cfg maps the
@@ -91,13 +94,19 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: Literal["sgd", "adamw"] = "sgd"
+    #: sgd; adam (weight decay as L2 in the gradient, as Dassl's Adam); adamw (decoupled weight decay)
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = bounded(0.002, gt=0)
     momentum: float = bounded(0.9, ge=0, le=1)
     weight_decay: float = bounded(5e-4, ge=0)
-    #: adamw's (beta1, beta2)
+    #: adam's and adamw's (beta1, beta2) and epsilon
     betas: List[float] = bounded(default_factory=lambda: [0.9, 0.999], ge=0, lt=1)
+    eps: float = bounded(1e-8, gt=0)
     scheduler: Literal["cosine", "constant"] = "cosine"
+    #: the cosine's unit: epoch (Dassl's per-epoch step) or step (one per optimiser step, as CLIP-LoRA's)
+    schedule_unit: Literal["epoch", "step"] = "epoch"
+    #: where the cosine ends (CosineAnnealingLR's eta_min)
+    min_lr: float = bounded(0.0, ge=0)
     #: epochs at the constant warm-up lr before the schedule starts (the reference's "constant" warm-up)
     warmup_epochs: int = bounded(1, ge=0)
     warmup_lr: float = bounded(1e-5, gt=0)
@@ -113,7 +122,7 @@ class TrainConfig:
     #: auto: fp32 on CPU, bf16 autocast on a GPU that has bf16, else fp16 with a grad scaler; fp32; bf16 (autocast;
     #: on a CPU often several times slower than fp32: measure first); fp16 (GPU only, with a grad scaler).
     #: Prompt parameters stay fp32 in every case.
-    precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"
+    precision: Precision = "auto"
     #: auto, cpu, cuda, cuda:1 ...
     device: str = "auto"
     #: save a resumable checkpoint every N epochs (0: never)
@@ -142,7 +151,7 @@ def default_cache_dir() -> str:
 
 @dataclass
 class OutputConfig:
-    #: runs go under root/<method>/<dataset>/<subsample>/shots_<K>/seed_<S> unless dir is given
+    #: runs go under root/<method>/<backbone>/<dataset>/<subsample>/shots_<K>/seed_<S> unless dir is given
     root: str = "runs"
     dir: Optional[str] = None
     #: few-shot draws and feature caches (default: $PROMPTCLIP_CACHE, else ~/.cache/promptclip)
@@ -262,10 +271,25 @@ def registered_config(kind: str, value: Any, path: str, name: Optional[str] = No
         raise ConfigError(f"{path}.name is missing: which {kind} should be used? "
                           f"Known: {', '.join(_registry(kind).names())}.")
     try:
-        cls = _registry(kind).get(key)
+        options = _registry(kind).config(key)
     except LookupError as err:
         raise UnregisteredInConfig(f"{path}: {err}") from None
-    return from_dict(cls.Config, value, path, context=f"{kind} {key!r}")
+    return from_dict(options, value, path, context=f"{kind} {key!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def _field_types(cls) -> tuple:
+    hints = get_type_hints(cls)
+    return tuple((f.name, hints[f.name], f.metadata.get("bounds")) for f in dataclasses.fields(cls))
+
+
+def check_types(obj) -> None:
+    """Check an options dataclass's values against their types and bounds, as :func:`from_dict` does, so options
+    built in Python (``VPTConfig(placement="middle")``) are refused by the same rule as options read from YAML."""
+    for name, tp, bounds in _field_types(type(obj)):
+        value = getattr(obj, name)
+        if not dataclasses.is_dataclass(value):
+            _coerce(value, tp, name, bounds)
 
 
 def from_dict(cls, data: Optional[dict], path: str = "", context: str = ""):
@@ -419,6 +443,7 @@ DEFAULT_TEXT = {"name": "coop"}
 
 def build_config(presets: Sequence[str] = (), overrides: Sequence[str] = (), base: Optional[dict] = None) -> Config:
     """Config from presets merged in order, then ``key=value`` overrides."""
+    load_plugins()
     data: dict = {"text": dict(DEFAULT_TEXT)}
     if base:
         data = merge(data, base)
@@ -431,4 +456,5 @@ def build_config(presets: Sequence[str] = (), overrides: Sequence[str] = (), bas
 
 def load_resolved(path: Union[str, Path]) -> Config:
     """A run's saved ``config.yaml``."""
+    load_plugins()
     return from_dict(Config, yaml.safe_load(Path(path).read_text()))

@@ -2,9 +2,12 @@
 (:mod:`promptclip.runs`, torch-free for the light commands) can resolve ``precision: auto`` by the engine's own rule."""
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from .errors import ConfigError
 
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+#: train.precision (auto: fp32 on CPU, bf16 on a GPU with native bf16, else fp16)
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
 
 
 def resolve_device(name: str = "auto"):
@@ -29,8 +32,8 @@ def native_bf16(device) -> bool:
 def resolve_precision(precision: str, device) -> str:
     """The precision a run uses: ``auto`` is fp32 on CPU (bf16 autocast is often several times slower there), bf16
     on a GPU with native bf16, else fp16 (with a grad scaler)."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"train.precision must be one of {PRECISIONS}, not {precision!r}.")
+    if precision not in get_args(Precision):
+        raise ConfigError(f"train.precision must be one of {', '.join(get_args(Precision))}, not {precision!r}.")
     if precision == "auto":
         if device.type != "cuda":
             return "fp32"

@@ -15,6 +15,7 @@ from typing import Any, Callable, ClassVar, List, Optional, Sequence, Tuple, Uni
 import torch
 
 from .learners.zeroshot import zeroshot_class_features
+from .options.base import CallbackConfig
 from .templates import resolve_templates
 
 Features = Tuple[torch.Tensor, torch.Tensor]  # ([N, E] normalised float32 features, [N] labels), item order
@@ -29,6 +30,8 @@ class ModelOutput:
     text_features: torch.Tensor  # [C, E] or [B, C, E], normalised
     loss: Optional[torch.Tensor] = None
     terms: Optional[dict] = None  # name → detached value, for logs
+    #: the weighted term of the loss with a gradient rule (not part of ``loss``; the trainer takes its gradient)
+    separate: Optional[torch.Tensor] = None
     logit_scale: Optional[torch.Tensor] = None
     #: computes the batch's normalised image features without prompts; None: ``image_features`` are frozen already
     frozen_source: Optional[Callable[[], torch.Tensor]] = field(default=None, repr=False)
@@ -101,11 +104,6 @@ class PrepareContext:
         chosen = resolve_templates(templates if isinstance(templates, str) else list(templates), self.template,
                                    self.dataset)
         return zeroshot_class_features(self.backbone, self.classnames, chosen, normalize_each).to(self.device)
-
-
-@dataclass
-class CallbackConfig:
-    """Options every callback has (none yet); subclasses add their own fields."""
 
 
 class Callback:

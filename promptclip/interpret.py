@@ -138,9 +138,8 @@ def _learned_meta(run_dir: Path) -> dict:
     closed_form = (run_dir / CLASSIFIER).is_file()
     if not closed_form and (run_dir / CONFIG).is_file():
         from .engine.runner import read_run_config
-        from .registry import LEARNERS
 
-        closed_form = LEARNERS.get(read_run_config(run_dir).text.name).fits_in_closed_form
+        closed_form = read_run_config(run_dir).text.fits_in_closed_form
     if closed_form:
         raise PromptclipError(f"{run_dir} is a linear-probe run: it fits a classifier on frozen image features and "
                               f"learns no prompts, so there is nothing to interpret. Give a prompt-learning run "

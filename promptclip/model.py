@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import callbacks, learners, methods  # noqa: F401  (register the built-in implementations)
 from .backbone import FrozenCLIP, VisionPrompts, normalize
 from .errors import ConfigError
 from .hooks import ModelOutput, PrepareContext
@@ -44,11 +45,19 @@ class PromptedCLIP(nn.Module):
         self.text = text
         self.vision = vision
         self.losses = nn.ModuleDict(losses or {})
-        if self.prompts_vision:
+        #: the classes the model was built for (trained on, or loaded as trained); evaluation may set others
+        self.training_classnames = list(text.classnames)
+        ruled = [name for name, loss in self.losses.items() if loss.gradient_rule]
+        if len(ruled) > 1:
+            raise ConfigError(f"The losses {' and '.join(ruled)} each combine their own gradient with the main one; "
+                              f"a run can take one of them.")
+        if self.modifies_image_tower:
             backbone.require_vision_prompts(f"{(vision or text).cfg.name} prompts")
 
     @property
-    def prompts_vision(self) -> bool:
+    def modifies_image_tower(self) -> bool:
+        """A learner changes the image tower (prompts or weight deltas), so image features come from images, not
+        from the frozen-feature cache."""
         return self.vision is not None or "vision" in self.text.sides
 
     @property
@@ -60,6 +69,20 @@ class PromptedCLIP(nn.Module):
 
     def trainable_parameters(self) -> List[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+    def parameter_groups(self) -> List[dict]:
+        """The trainable parameters as optimiser groups: the learners', then each loss's with its ``lr_scale``."""
+        learned = [p for learner in self.learners().values() for p in learner.parameters() if p.requires_grad]
+        groups = [{"params": learned, "lr_scale": 1.0}] if learned else []
+        for loss in self.losses.values():
+            own = [p for p in loss.parameters() if p.requires_grad]
+            if own:
+                groups.append({"params": own, "lr_scale": float(loss.lr_scale)})
+        return groups
+
+    def gradient_rule(self) -> Optional[ExtraLoss]:
+        """The loss whose gradient is combined with the main one by its own rule (ProGrad's), if any."""
+        return next((loss for loss in self.losses.values() if loss.gradient_rule), None)
 
     def parameter_report(self) -> str:
         n = sum(p.numel() for p in self.trainable_parameters())
@@ -75,12 +98,20 @@ class PromptedCLIP(nn.Module):
     def classnames(self) -> List[str]:
         return self.text.classnames
 
-    def vision_prompts(self) -> Optional[VisionPrompts]:
+    def _image_side(self) -> Optional[Learner]:
         source = self.vision if self.vision is not None else self.text
-        return source.vision_prompts(self.backbone) if "vision" in source.sides else None
+        return source if "vision" in source.sides else None
+
+    def vision_prompts(self) -> Optional[VisionPrompts]:
+        source = self._image_side()
+        return source.vision_prompts(self.backbone) if source is not None else None
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        return normalize(self.backbone.encode_image(images, self.vision_prompts()))
+        source = self._image_side()
+        if source is None:
+            return normalize(self.backbone.encode_image(images))
+        return normalize(self.backbone.encode_image(images, source.vision_prompts(self.backbone),
+                                                    source.vision_adapters(self.backbone)))
 
     def class_features(self, image_features: Optional[torch.Tensor] = None) -> torch.Tensor:
         return normalize(self.text.text_features(self.backbone, image_features))
@@ -89,6 +120,10 @@ class PromptedCLIP(nn.Module):
         """Logits of normalised ``image_features`` (``class_features``: computed once by the caller, else here)."""
         txt = class_features if class_features is not None else self.class_features(image_features)
         logits = self.text.head(image_features, txt, self.backbone.logit_scale)
+        if not self.training:
+            on_training_classes = self.classnames == self.training_classnames
+            for loss in self.losses.values():
+                logits = loss.fuse(logits, image_features, on_training_classes)
         return ModelOutput(logits=logits, image_features=image_features, text_features=txt,
                            logit_scale=self.backbone.logit_scale)
 
@@ -100,7 +135,10 @@ class PromptedCLIP(nn.Module):
         for name, term in self.losses.items():
             value = term(out, labels)
             terms[name] = value.detach()
-            loss = loss + term.cfg.weight * value
+            if term.gradient_rule:
+                out.separate = term.cfg.weight * value
+            else:
+                loss = loss + term.cfg.weight * value
         out.loss, out.terms = loss, terms
         return out
 
@@ -126,7 +164,7 @@ class PromptedCLIP(nn.Module):
         img = self.image_features(images) if image_features is None else image_features
         out = self.head(img)
         out.frozen = frozen_image_features
-        if self.prompts_vision and image_features is None:
+        if self.modifies_image_tower and image_features is None:
             out.frozen_source = self._frozen_source(images)
         return self.add_loss(out, labels) if labels is not None else out
 
@@ -155,18 +193,24 @@ def create_model(parts: ModelParts, backbone: FrozenCLIP, context: Optional[Prep
     tensors, as :func:`~promptclip.engine.prompts.save_prompts` writes) restores what was learned and prepared.
     Every problem of the learners on this backbone is reported at once, before anything is built."""
     check_architecture(backbone.architecture, *[c for c in (parts.text, parts.vision) if c is not None])
-    learners = {side: build_learner(options, backbone, parts.classnames, parts.template, parts.dataset)
+    built = {side: build_learner(options, backbone, parts.classnames, parts.template, parts.dataset)
                 for side, options in (("text", parts.text), ("vision", parts.vision)) if options is not None}
-    for side, learner in learners.items():
+    for side, learner in built.items():
         if state is not None:
             try:
                 learner.load_learned({k[len(side) + 1:]: v for k, v in state.items() if k.startswith(f"{side}.")})
             except StateMismatch as err:
                 raise StateMismatch(f"the {side} learner", str(err)) from None
     losses = {name: LOSSES.get(name)(options) for name, options in parts.losses.items()}
-    model = PromptedCLIP(backbone, learners["text"], learners.get("vision"), losses)
+    if state is not None:
+        for name, loss in losses.items():
+            try:
+                loss.load_learned({k[len(name) + 8:]: v for k, v in state.items() if k.startswith(f"losses.{name}.")})
+            except StateMismatch as err:
+                raise StateMismatch(f"the loss {name}", str(err)) from None
+    model = PromptedCLIP(backbone, built["text"], built.get("vision"), losses)
     if context is not None:
-        for learner in learners.values():
+        for learner in built.values():
             learner.prepare(context)
         for loss in model.losses.values():
             loss.prepare(context)

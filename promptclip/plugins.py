@@ -1,8 +1,9 @@
-"""Every registrant in one place: importing this module registers all learners, losses, callbacks and datasets.
+"""Outside plugins: packages that register learners, losses, callbacks or datasets without editing promptclip.
 
-Outside packages register too, without editing promptclip: through the ``promptclip.plugins`` entry-point group
-(in their packaging metadata, each entry a module to import) or ``PROMPTCLIP_PLUGINS=module[,module...]``.
-The registries call :func:`load_all` on their first lookup.
+A plugin is a module to import, named in its package's metadata under the ``promptclip.plugins`` entry-point group
+or in ``PROMPTCLIP_PLUGINS=module[,module...]``. The entry points (the CLI, ``build_config``, ``load_run`` and the
+saved-config reader, ``bench``) call :func:`load_plugins` once; the built-in registrants need no loading (the package
+imports their options and readers, :mod:`promptclip.model` their implementations).
 """
 from __future__ import annotations
 
@@ -10,19 +11,24 @@ import importlib
 import os
 from importlib.metadata import entry_points
 
-from . import callbacks, data, learners, linear_probe, losses, methods  # noqa: F401  (the built-in registrants)
 from .errors import PromptclipError
 
 ENTRY_POINT_GROUP = "promptclip.plugins"
 PLUGINS_ENV = "PROMPTCLIP_PLUGINS"
+_loaded = False
 
 
-def load_all() -> None:
-    """Import the outside plugins (the built-in registrants came with this module)."""
+def load_plugins() -> None:
+    """Import every outside plugin, once per process; a plugin that fails to import is reported at every call
+    until it imports (never half-loaded silently)."""
+    global _loaded
+    if _loaded:
+        return
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         _load(entry.value, f"entry point {entry.name!r} ({ENTRY_POINT_GROUP})", entry.load)
     for name in filter(None, (n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(","))):
         _load(name, f"${PLUGINS_ENV}", lambda name=name: importlib.import_module(name))
+    _loaded = True
 
 
 def _load(target: str, source: str, load) -> None:

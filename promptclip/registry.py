@@ -1,13 +1,14 @@
 """Decorator registries for learners, losses, callbacks and datasets.
 
-Registrants register with ``@LEARNERS.register("name")`` and friends. The first lookup imports every registrant
-(:mod:`promptclip.plugins`: the built-in ones, then outside plugins), so a lookup never depends on what happened to
-be imported before, and this module, which the config layer uses, imports none of them.
+Registrants register with ``@LEARNERS.register("name")`` and friends; their options dataclasses are declared
+torch-free with ``@LEARNERS.options("name")`` (in :mod:`promptclip.options`). As in timm, the registry imports
+nothing: the package imports its built-in registrants (``promptclip`` their options and the dataset readers,
+:mod:`promptclip.model` the implementations) and the entry points load outside plugins
+(:func:`promptclip.plugins.load_plugins`).
 """
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
 from typing import Callable, Dict, Generic, Iterable, List, Optional, Sequence, Type, TypeVar
 
@@ -42,51 +43,75 @@ def refuse_unknown_options(options: Iterable[str], known: Sequence[str], where: 
 
 
 class Registry(Generic[T]):
-    """A name → object table filled by the ``@registry.register("name")`` decorator."""
+    """A name → object table filled by the ``@registry.register("name")`` decorator; a lookup is a dict read.
 
-    _discovered = False  # shared: one import of promptclip.plugins fills every registry
+    A registrant's options dataclass (its ``Config``) is also declared on its own, torch-free, with
+    ``@registry.options("name")``: the config layer checks a run's options through :meth:`config` without importing
+    the registrant's implementation (and torch). ``register`` declares the ``Config`` of an implementation that has
+    one, so an outside plugin registers in one place.
+    """
 
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: Dict[str, T] = {}
+        self._options: Dict[str, type] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
             key = name.lower()
             if key in self._entries and self._entries[key] is not obj:
                 raise ValueError(f"{self.kind} {name!r} is already registered by {self._entries[key]!r}.")
+            config = getattr(obj, "Config", None)
+            if config is not None:
+                self._declare(key, config)
             self._entries[key] = obj
             return obj
 
         return decorator
 
-    def _discover(self) -> None:
-        if not Registry._discovered:
-            Registry._discovered = True  # set first: the registrants' own imports look names up too
-            try:
-                importlib.import_module("promptclip.plugins").load_all()
-            except BaseException:
-                Registry._discovered = False  # a failed import is reported again, never half-filled registries
-                raise
+    def options(self, name: str) -> Callable[[type], type]:
+        """Declare the options dataclass of the registrant ``name`` (torch-free, before its implementation)."""
+        def decorator(config: type) -> type:
+            self._declare(name.lower(), config)
+            return config
+
+        return decorator
+
+    def _declare(self, key: str, config: type) -> None:
+        known = self._options.get(key)
+        if known is not None and known is not config:
+            raise ValueError(f"{self.kind} {key!r} already has the options {known!r}, not {config!r}.")
+        self._options[key] = config
+
+    def _unknown(self, name: str) -> UnknownNameError:
+        plural = self.kind + ("es" if self.kind.endswith("s") else "s")
+        return UnknownNameError(f"Unknown {self.kind} {name!r}.{suggest(str(name).lower(), self.names())} "
+                                f"Known {plural}: {', '.join(self.names())}.")
 
     def get(self, name: str) -> T:
-        self._discover()
+        """The registered implementation ``name``."""
         key = str(name).lower()
-        if key not in self._entries:
-            plural = self.kind + ("es" if self.kind.endswith("s") else "s")
-            raise UnknownNameError(
-                f"Unknown {self.kind} {name!r}.{suggest(key, self._entries)} "
-                f"Known {plural}: {', '.join(sorted(self._entries))}."
-            )
-        return self._entries[key]
+        if key in self._entries:
+            return self._entries[key]
+        if key in self._options:
+            raise UnknownNameError(f"The {self.kind} {name!r} has options but no implementation yet: import "
+                                   f"promptclip.model (which imports every built-in one) or the plugin that "
+                                   f"registers it.")
+        raise self._unknown(name)
+
+    def config(self, name: str) -> type:
+        """The options dataclass of ``name``, without importing its implementation."""
+        key = str(name).lower()
+        if key not in self._options:
+            raise self._unknown(name)
+        return self._options[key]
 
     def names(self) -> list:
-        self._discover()
-        return sorted(self._entries)
+        return sorted({*self._entries, *self._options})
 
     def __contains__(self, name: str) -> bool:
-        self._discover()
-        return str(name).lower() in self._entries
+        key = str(name).lower()
+        return key in self._entries or key in self._options
 
 
 #: name → Learner subclass (promptclip.learners)

@@ -14,7 +14,8 @@ from promptclip.engine import cache as cache_module
 from promptclip.engine.cache import TrainingViews, frozen_features
 from promptclip.engine.evaluation import evaluate
 from promptclip.engine.runner import build_model, evaluate_model, prepare_data, run
-from promptclip.losses import PrepareContext, class_prototypes
+from promptclip.hooks import PrepareContext
+from promptclip.methods.dapt import class_prototypes
 from promptclip.runs import default_run_dir as run_dir_for
 
 CPU = torch.device("cpu")

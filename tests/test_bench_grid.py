@@ -8,8 +8,9 @@ import shutil
 import pytest
 
 from bench_fixtures import cli, coloured_folder, fake_benchmarks
-from promptclip import runs
-from promptclip.bench.protocols import expand, grid_label, parse_protocol, write_manifest
+from promptclip import run_files, runs
+from promptclip.bench.protocol_files import parse_protocol
+from promptclip.bench.protocols import expand, write_manifest
 from promptclip.bench.report import write_report
 from promptclip.bench.sweep import plan_sweep, read_spec, run_sweep, write_spec
 from promptclip.errors import ConfigError
@@ -89,14 +90,14 @@ def test_the_validation_best_setting_is_chosen_and_its_test_reported(folder, tmp
     val = {"optim.lr=0.002": (60, 62), "optim.lr=0.02": (70, 72), "optim.lr=0.2": (65, 40)}  # best: 0.02 (71)
     test = {"optim.lr=0.002": (90, 90), "optim.lr=0.02": (50, 52), "optim.lr=0.2": (95, 95)}  # best: 0.2 (95)
     for spec in specs:
-        setting = grid_label(spec.grid)
+        setting = runs.grid_label(spec.key.point)
         spec.run_dir.mkdir(parents=True)
         (spec.run_dir / "result.json").write_text(json.dumps({
-            "method": spec.method, "dataset": spec.dataset, "subsample": "all", "shots": 2, "seed": spec.seed,
-            "model": "tiny-vit", "pretrained": None, "fingerprint": spec.identity.fingerprint,
-            "test": {"accuracy": test[setting][spec.seed - 1]}}))
+            "method": spec.key.method, "dataset": spec.key.dataset, "subsample": "all", "shots": 2,
+            "seed": spec.key.seed, "model": "tiny-vit", "pretrained": None, "fingerprint": spec.identity.fingerprint,
+            "test": {"accuracy": test[setting][spec.key.seed - 1]}}))
         spec.validation.parent.mkdir()
-        spec.validation.write_text(json.dumps({"split": "val", "val": {"accuracy": val[setting][spec.seed - 1]}}))
+        spec.validation.write_text(json.dumps({"split": "val", "val": {"accuracy": val[setting][spec.key.seed - 1]}}))
 
     report = write_report(root, plots=False)
     (choice,) = report.choices["tune"]
@@ -122,25 +123,27 @@ def test_grid_points_never_share_a_folder(tmp_path):
     proto = protocol(tmp_path, "EuroSAT", grid, seeds=[1, 2],
                      methods=["coop", {"preset": "zeroshot", "shots": [0], "seeds": [1]}, "linear_probe"])
     specs = expand(proto)
-    coop = [s for s in specs if s.method == "coop"]
-    assert len(coop) == 8 * 2 and [s for s in specs if s.method == "zeroshot"][0].grid == {}  # zero-shot: no grid
-    probe = [s for s in specs if s.method == "linear_probe"]  # fitted in closed form, it tunes C on val itself
-    assert len(probe) == 2 and all(s.grid == {} and s.validation is None for s in probe)
+    coop = [s for s in specs if s.key.method == "coop"]
+    assert len(coop) == 8 * 2 and \
+        [s for s in specs if s.key.method == "zeroshot"][0].key.point == {}  # zero-shot: no grid
+    probe = [s for s in specs if s.key.method == "linear_probe"]  # fitted in closed form, it tunes C on val itself
+    assert len(probe) == 2 and all(s.key.point == {} and s.validation is None for s in probe)
     with pytest.raises(ConfigError, match="linear_probe is fitted in closed form .* takes no grid"):
         expand(protocol(tmp_path, "EuroSAT", methods=[{"preset": "linear_probe", "grid": {"optim.lr": [0.1]}}]))
     assert len({s.run_dir for s in specs}) == len(specs)
     assert len({s.identity.fingerprint for s in specs}) == len(specs)
     for spec in coop:
-        assert spec.run_dir.parent.name == grid_label(spec.grid) and spec.run_dir.name == f"seed_{spec.seed}"
+        assert spec.run_dir.parent.name == runs.grid_label(spec.key.point) and \
+            spec.run_dir.name == f"seed_{spec.key.seed}"
         assert (spec.config.optim.lr, spec.config.text.n_ctx, spec.config.optim.betas) == \
-            (spec.grid["optim.lr"], spec.grid["text.n_ctx"], spec.grid["optim.betas"])
+            (spec.key.point["optim.lr"], spec.key.point["text.n_ctx"], spec.key.point["optim.betas"])
         assert spec.validation.parent == spec.run_dir / "evals"
     # a list value does not read well as a folder name: a hash of the exact point keeps the points apart
     assert re.fullmatch(r"optim\.lr=0\.002,text\.n_ctx=2,optim\.betas=_0\.9_0\.999_-[0-9a-f]{8}",
                         coop[0].run_dir.parent.name)
     # a worker process reads back the same grid point and validation file
     spec, _ = read_spec(write_spec(coop[5]))
-    assert (spec.grid, spec.validation) == (coop[5].grid, coop[5].validation)
+    assert (spec.key.point, spec.validation) == (coop[5].key.point, coop[5].validation)
     with pytest.raises(ConfigError, match=re.escape("grid.optim.lr: lists 1 twice")):
         protocol(tmp_path, "EuroSAT", {"optim.lr": [1, "1"]})
 
@@ -174,8 +177,8 @@ def test_no_tuning_on_a_test_split(tmp_path, folder):
     outcome = run_sweep(specs, progress=False)  # each grid run fails before it trains; the failure is recorded
     assert sorted(outcome.failed) == sorted(s.id for s in specs) and not outcome.finished
     assert all("ImageNet has no validation split of its own" in e for e in outcome.failed.values())
-    assert all("ImageNet has no validation split of its own" in runs.read_json(s.run_dir / runs.FAILED, "f")["error"]
-               for s in specs)
+    assert all("ImageNet has no validation split of its own" in
+               run_files.read_json(s.run_dir / runs.FAILED, "f")["error"] for s in specs)
     assert not list((tmp_path / "runs").rglob(runs.RESULT)) and not list((tmp_path / "runs").rglob(runs.IDENTITY))
 
     no_test = tmp_path / "no_test"

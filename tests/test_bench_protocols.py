@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from promptclip.bench.protocols import expand, load_protocol, parse_protocol, split_overrides
+from promptclip.bench.protocol_files import load_protocol, parse_protocol, split_overrides
+from promptclip.bench.protocols import expand
 from promptclip.bench.sweep import parse_shard, shard
 from promptclip.errors import ConfigError
 
@@ -25,8 +26,8 @@ def test_few_shot_protocol_follows_the_reference_schedule():
               for k in (1, 2, 4, 8, 16)}
     assert epochs == {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
     assert runs["coop/ViT-B-16_openai/ImageNet/all/shots_16/seed_3"].config.train.epochs == 50
-    assert {r.shots for r in runs.values() if r.method == "zeroshot"} == {0}
-    assert {r.seed for r in runs.values() if r.method == "zeroshot"} == {1}
+    assert {r.key.shots for r in runs.values() if r.key.method == "zeroshot"} == {0}
+    assert {r.key.seed for r in runs.values() if r.key.method == "zeroshot"} == {1}
     eurosat = runs["dapt/ViT-B-16_openai/EuroSAT/all/shots_2/seed_1"].config  # DAPT's lr / β_v / β_t, then epochs
     assert (eurosat.optim.lr, eurosat.losses["dapt_intra"].weight, eurosat.losses["dapt_inter"].weight) == (20, 100, 10)
     assert eurosat.train.epochs == 100
@@ -57,7 +58,7 @@ def test_few_shot_protocol_runs_the_methods_on_features_with_fixed_hyperparamete
     assert (cfg("tip_adapter_f", "EuroSAT").train.epochs, cfg("tip_adapter_f").train.epochs) == (100, 20)
     assert cfg("tip_adapter").train.epochs == cfg("gda").train.epochs == cfg("lp_plus_plus").train.epochs == 0
     searched = runs_of("few_shot", "hparams=val", "datasets=[EuroSAT]", "shots=[1]", "seeds=[1]")
-    modes = {r.method: getattr(r.config.text, "hparams", None) for r in searched.values()}
+    modes = {r.key.method: getattr(r.config.text, "hparams", None) for r in searched.values()}
     assert {m: modes[m] for m in FEATURE_METHODS} == dict.fromkeys(FEATURE_METHODS, "val")
     assert modes["coop"] is None  # a method without the option is untouched
 

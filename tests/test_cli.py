@@ -127,14 +127,14 @@ def test_report_on_a_missing_folder_fails_without_creating_it(tmp_path, capsys):
 
 
 def test_runs_lists_status_and_accuracy(digits_root, tmp_path, capsys):
-    from promptclip import runs
+    from promptclip import run_files, runs
 
     assert main(["-q", "zeroshot", *[o for o in common(digits_root, tmp_path) if "epochs" not in o]]) == 0
     (finished,) = (tmp_path / "runs").rglob(runs.RESULT)
     interrupted = tmp_path / "runs" / "other" / "seed_1"
     (interrupted / runs.CHECKPOINT_DIR).mkdir(parents=True)
     capsys.readouterr()
-    with runs.RunLock(interrupted):
+    with run_files.RunLock(interrupted):
         assert main(["runs", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
     accuracy = json.loads(finished.read_text())["test"]["accuracy"]

@@ -77,7 +77,7 @@ def test_user_preset_folders_come_first(tmp_path, monkeypatch):
     cfg = build_config(["mycoop"])
     assert (cfg.method, cfg.optim.lr, cfg.text.name) == ("mycoop", 0.123, "coop")
     assert "methods/mycoop" in preset_names() and not any(n.startswith("protocols/") for n in preset_names())
-    from promptclip.bench.protocols import find_protocol
+    from promptclip.bench.protocol_files import find_protocol
 
     assert find_protocol("mine") == tmp_path / "protocols" / "mine.yaml"
 

@@ -4,19 +4,20 @@ import math
 from typing import Literal, Union, get_args, get_origin, get_type_hints
 
 import pytest
+import torch
 import yaml
 
-from promptclip.backbone import PLACEMENTS
+from promptclip.backbone import VisionPrompts
 from promptclip.cli import main
 from promptclip.config import Config, build_config, to_yaml
-from promptclip.errors import ConfigError
+from promptclip.errors import BackboneError, ConfigError
 from promptclip.learners import LEARNERS, LearnerConfig, build_learner
 from promptclip.learners.coop import CoOpConfig
 from promptclip.learners.ivlp import IVLP, IVLPConfig
 from promptclip.learners.vpt import VPTConfig
 from promptclip.learners.zeroshot import ZeroShotConfig
-from promptclip.linear_probe import LinearProbeConfig
-from promptclip.losses import LOSSES
+from promptclip.options.learners import LinearProbeConfig
+from promptclip.registry import LOSSES
 
 
 def refused(presets, override, message):
@@ -28,8 +29,8 @@ def all_config_classes():
     """Every options dataclass: the run config's sections, each learner's and each loss's."""
     hints = get_type_hints(Config)
     sections = [hints[f.name] for f in dataclasses.fields(Config) if dataclasses.is_dataclass(hints[f.name])]
-    return [Config, *sections, *(LEARNERS.get(n).Config for n in LEARNERS.names()),
-            *(LOSSES.get(n).Config for n in LOSSES.names())]
+    return [Config, *sections, *(LEARNERS.config(n) for n in LEARNERS.names()),
+            *(LOSSES.config(n) for n in LOSSES.names())]
 
 
 def leaf_types(tp):
@@ -40,7 +41,7 @@ def leaf_types(tp):
 @pytest.mark.parametrize("presets, override, message", [
     (["coop"], "optim.scheduler=cosin", r"optim.scheduler must be one of cosine, constant, not 'cosin'\. "
                                         r"Did you mean 'cosine'\?"),
-    (["coop"], "optim.name=adam", "optim.name must be one of sgd, adamw, not 'adam'. Did you mean 'adamw'"),
+    (["coop"], "optim.name=adamm", "optim.name must be one of sgd, adam, adamw, not 'adamm'. Did you mean 'adam'"),
     (["coop"], "train.precision=fp8", "train.precision must be one of fp32, bf16, fp16, auto, not 'fp8'"),
     (["coop"], "data.subsample=neww", "data.subsample must be one of all, base, new, not 'neww'. Did you mean 'new'"),
     (["coop"], "text.position=ende", "text.position must be one of end, middle, front, not 'ende'. Did you mean 'end'"),
@@ -72,7 +73,11 @@ def test_every_choice_default_is_valid_and_vpt_placements_match_the_backbone():
             for tp in leaf_types(hints[f.name]):
                 if get_origin(tp) is Literal and isinstance(getattr(instance, f.name), str):
                     assert getattr(instance, f.name) in get_args(tp), (cls.__name__, f.name)
-    assert get_args(get_type_hints(VPTConfig)["placement"]) == PLACEMENTS
+    token = {0: torch.zeros(1, 4)}
+    for placement in get_args(get_type_hints(VPTConfig)["placement"]):  # the backbone takes every choice ...
+        assert VisionPrompts(token, placement=placement).placement == placement
+    with pytest.raises(BackboneError, match="placement"):  # ... and nothing else
+        VisionPrompts(token, placement="middle")
 
 
 # ------------------------------------------------------------------------------------------------------ numbers

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from promptclip.backbone import TINY_CONFIG_DIR, FrozenCLIP
+from promptclip.backbone import FrozenCLIP
 from promptclip.data.base import Item
 from promptclip.engine.cache import FeatureCache
 from promptclip.engine.predict import predict
@@ -21,6 +21,7 @@ from promptclip.learners.base import LEARNERS
 from promptclip.learners.coop import CoOpConfig
 from promptclip.model import PromptedCLIP
 from promptclip.runs import PROMPTS, PROMPTS_META
+from promptclip.architecture import TINY_CONFIG_DIR
 
 
 def random_bytes(n=4096):

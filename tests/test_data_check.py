@@ -1,5 +1,4 @@
 """Bad input gives a DataError that names the problem and the way out; ``data check`` and ``data stats``."""
-import argparse
 import json
 import shutil
 
@@ -8,21 +7,15 @@ import pytest
 from fake_datasets import make_fake_dataset, make_fake_root, write_lines
 from promptclip.data import Item, load_dataset
 from promptclip.data.check import check_datasets, dataset_stats, format_reports, verify_images
-from promptclip.data.commands import add_data_commands
+from promptclip.cli import main
 from promptclip.errors import DataError, UnknownNameError
 
 CHECKED = ["DescribableTextures", "EuroSAT", "Caltech101", "FGVCAircraft", "ImageNetA"]
 
 
-def parser():
-    p = argparse.ArgumentParser(prog="promptclip")
-    add_data_commands(p.add_subparsers(dest="command"))
-    return p
-
-
 def run(*argv):
-    args = parser().parse_args(list(map(str, argv)))
-    return args.func(args)
+    """The command's exit status through the CLI's entry point, as a shell sees it."""
+    return main(list(map(str, argv)))
 
 
 # ---------------------------------------------------------------- bad input
@@ -175,8 +168,9 @@ def test_data_check_command(root, capsys):
     shutil.rmtree(root / "eurosat" / "2750")
     assert run("data", "check", root, "dtd", "EuroSAT") == 1
     assert "EuroSAT: ERROR: EuroSAT: expected the folder" in capsys.readouterr().out
-    assert run("data", "check", root / "absent") == 1
-    assert "does not exist" in capsys.readouterr().err
+    assert run("data", "check", root / "absent") == 2  # an error, reported like every command's
+    err = capsys.readouterr().err
+    assert err.startswith("promptclip: error: ") and "does not exist" in err
 
 
 def test_data_check_all_lists_missing_without_failing(tmp_path, capsys):
@@ -193,20 +187,21 @@ def test_data_stats_command(root, capsys):
     out = capsys.readouterr().out
     assert "classes: 4/10 !" in out and "train: 20/13500 !" in out
     assert "Annual Crop Land, Forest, Herbaceous Vegetation Land, Sea or Lake" in out
-    assert run("data", "stats", "Food101", "--root", root) == 1
-    assert "Food101 is missing" in capsys.readouterr().err
+    assert run("data", "stats", "Food101", "--root", root) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("promptclip: error: ") and "Food101 is missing" in err
     stats = dataset_stats("ImageNetA", root)
     assert stats["counts"] == {"train": 0, "val": 0, "test": 30} and stats["classnames"][0] == "stingray"
 
 
 def test_data_command_help(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        parser().parse_args(["data", "check", "--help"])
+        main(["data", "check", "--help"])
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
     assert "--verify" in help_text and "data root" in help_text
     with pytest.raises(SystemExit):
-        parser().parse_args(["data"])  # a sub-command is required
+        main(["data"])  # a sub-command is required
     assert "check,stats" in capsys.readouterr().err
 
 

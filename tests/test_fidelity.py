@@ -18,7 +18,8 @@ from promptclip.backbone import FrozenCLIP, VisionPrompts
 from promptclip.config import build_config
 from promptclip.data import load_dataset
 from promptclip.errors import BackboneError, ConfigError
-from promptclip.losses import LOSSES, PrepareContext
+from promptclip.hooks import PrepareContext
+from promptclip.registry import LOSSES
 from promptclip.learners.maple import MaPLe, MaPLeConfig
 from promptclip.learners.vpt import VPT, VPTConfig, fourier_prompts
 from promptclip.learners.zeroshot import ZeroShot, ZeroShotConfig

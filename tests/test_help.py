@@ -8,11 +8,11 @@ import pytest
 
 from bench_fixtures import coloured_folder
 from promptclip import cli
-from promptclip.backbone import Architecture
 from promptclip.bench import commands
 from promptclip.bench.sweep import plan_problems, plan_sweep
 from promptclip.engine.runner import evaluation_config, finished_run
 from promptclip.learners.base import config_problems
+from promptclip.architecture import Architecture
 
 
 def parsers(parser=None, path=()):

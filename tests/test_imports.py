@@ -1,8 +1,8 @@
 """Imports flow one way: foundation → config → data → model → engine → bench/tools → CLI, with no cycle.
 
 Every ``import`` in the package counts, inside functions too (a lazy import is still a dependency), and importing
-``a.b.c`` also imports the packages ``a.b`` and ``a``. The registries find their registrants through
-:mod:`promptclip.plugins` by name (``importlib``), as they would find an outside plugin, so that is not an edge.
+``a.b.c`` also imports the packages ``a.b`` and ``a``. No edge is exempt: the registries import nothing, the
+package imports its built-in registrants (as timm's does) and the entry points load outside plugins.
 """
 import ast
 from pathlib import Path
@@ -13,14 +13,15 @@ PACKAGE = Path(promptclip.__file__).parent
 #: layer of each module (by prefix, longest first); a module may import its own layer and lower ones only
 LAYERS = {
     "promptclip.errors": 0, "promptclip.utils": 0, "promptclip.devices": 0, "promptclip.registry": 0,
-    "promptclip.templates": 0,
-    "promptclip.config": 1,
-    "promptclip.data": 2, "promptclip.data.commands": 6, "promptclip.runs": 2,
+    "promptclip.templates": 0, "promptclip.plugins": 0,
+    "promptclip.config": 1, "promptclip.options": 1,
+    "promptclip.data": 2, "promptclip.data.commands": 6, "promptclip.runs": 2, "promptclip.run_files": 2,
     "promptclip.backbone": 3, "promptclip.learners": 3, "promptclip.losses": 3, "promptclip.callbacks": 3,
-    "promptclip.methods": 3, "promptclip.model": 3, "promptclip.hooks": 3,
-    "promptclip.engine": 4, "promptclip.linear_probe": 4,
+    "promptclip.methods": 3, "promptclip.model": 3, "promptclip.hooks": 3, "promptclip.weights": 3,
+    "promptclip.architecture": 3,
+    "promptclip.engine": 4,
     "promptclip.bench": 5, "promptclip.bench.collect": 5, "promptclip.bench.tables": 5, "promptclip.bench.plots": 5,
-    "promptclip.bench.report": 5, "promptclip.interpret": 5, "promptclip.demo": 5, "promptclip.plugins": 5,
+    "promptclip.bench.report": 5, "promptclip.interpret": 5, "promptclip.demo": 5,
     "promptclip.cli": 6, "promptclip.__main__": 6,
     "promptclip": 6,  # the package's own API (``promptclip.load_run``) sits on top
 }

@@ -9,7 +9,7 @@ from promptclip.backbone import FrozenCLIP
 from promptclip.config import CONFIG_DIR, build_config
 from promptclip.errors import BackboneError, ConfigError
 from promptclip.learners import LEARNERS, build_learner
-from promptclip.losses import LOSSES
+from promptclip.registry import LOSSES
 from promptclip.model import PromptedCLIP
 
 CLASSES = ["cat", "golden_retriever", "space shuttle"]

@@ -38,7 +38,7 @@ def provides_prompts(cls) -> bool:
     return cls.text_features is not Learner.text_features or cls.vision_prompts is not Learner.vision_prompts
 
 
-PROMPT_LEARNERS = [name for name in LEARNERS.names() if not LEARNERS.get(name).fits_in_closed_form]
+PROMPT_LEARNERS = [name for name in LEARNERS.names() if not LEARNERS.get(name).Config.fits_in_closed_form]
 #: options that take a learner down another code path, checked like its defaults (VFPT's Fourier prompts; deep
 #: prompts after the patches before ln_pre with per-image dropout)
 VARIANTS = {"vpt": ({"fourier": "both", "depth": 2},
@@ -47,7 +47,7 @@ CASES = [pytest.param(name, {}, id=name) for name in PROMPT_LEARNERS] + [
     pytest.param(name, options, id=f"{name}-" + "-".join(f"{k}={v}" for k, v in options.items()))
     for name, variants in VARIANTS.items() for options in variants]
 TRAINED = [case for case in CASES if LEARNERS.get(case.values[0]).Config.uses_training_data
-           and not LEARNERS.get(case.values[0]).training_free]
+           and not LEARNERS.get(case.values[0]).Config.training_free]
 
 
 def tiny_config(name: str, backbone, options: dict):
@@ -163,7 +163,7 @@ def test_gradients_reach_only_the_learners(tiny, name, options):
     learned = learned_parameters(model)
     assert {id(p) for p in model.trainable_parameters()} == {id(p) for p in learned.values()}
     assert all(not p.requires_grad for p in model.backbone.parameters())
-    if not LEARNERS.get(name).Config.uses_training_data or LEARNERS.get(name).training_free:
+    if not LEARNERS.get(name).Config.uses_training_data or LEARNERS.get(name).Config.training_free:
         assert not learned and not loss.requires_grad
         return
     assert learned

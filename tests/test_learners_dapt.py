@@ -9,8 +9,10 @@ import torch.nn.functional as F
 from promptclip.errors import ConfigError
 from promptclip.learners.coop import CoOp, CoOpConfig
 from promptclip.learners.vpt import VPT, VPTConfig
-from promptclip.losses import (LOSSES, InterDispersion, InterDispersionConfig, IntraDispersion,
-                               IntraDispersionConfig, ModelOutput, PrepareContext)
+from promptclip.hooks import ModelOutput, PrepareContext
+from promptclip.methods.dapt import InterDispersion, IntraDispersion
+from promptclip.options.methods import InterDispersionConfig, IntraDispersionConfig
+from promptclip.registry import LOSSES
 from promptclip.model import PromptedCLIP
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from bench_fixtures import coloured_folder
-from promptclip import runs
+from promptclip import run_files, runs
 from promptclip.bench.report import write_report
 from promptclip.cli import main
 from promptclip.config import build_config
@@ -58,7 +58,7 @@ def test_a_linked_log_is_refused_and_replace_removes_only_the_link(finished, tmp
     assert main([*args, "--replace"]) == 0  # the advised fix
     assert target.read_text() == "not the run's\n"
     assert not (run_dir / runs.LOG).is_symlink() and (run_dir / runs.LOG).read_text()
-    assert runs.read_result(run_dir)["test"]["accuracy"] >= 0
+    assert run_files.read_result(run_dir)["test"]["accuracy"] >= 0
 
 
 def test_linked_checkpoint_or_evals_folders_are_refused(finished, tmp_path):
@@ -71,8 +71,8 @@ def test_linked_checkpoint_or_evals_folders_are_refused(finished, tmp_path):
     assert list(elsewhere.iterdir()) == []
     (run_dir / runs.EVALS).unlink()
     (run_dir / runs.CHECKPOINT_DIR).symlink_to(elsewhere, target_is_directory=True)
-    state = runs.run_state(run_dir, runs.Identity.of(cfg))
+    state = run_files.run_state(run_dir, runs.Identity.of(cfg))
     assert state.status == "corrupt" and "checkpoint is a symbolic link" in state.problem
     run(cfg, progress=False, replace=True)
     assert elsewhere.is_dir() and not (run_dir / runs.CHECKPOINT_DIR).exists()
-    assert runs.run_state(run_dir, runs.Identity.of(cfg)).status == "done"
+    assert run_files.run_state(run_dir, runs.Identity.of(cfg)).status == "done"

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from bench_fixtures import coloured_folder
-from promptclip import runs
+from promptclip import run_files, runs
 from promptclip.cli import main
 from promptclip.config import build_config
 from promptclip.engine import evaluate_run, run
@@ -52,7 +52,7 @@ def test_changed_training_images_are_not_reused_and_replace_redoes(folder, tmp_p
     cfg = config(folder, tmp_path)
     run(cfg, progress=False)
     run_dir = runs.default_run_dir(cfg)
-    stored = runs.read_identity(run_dir)
+    stored = run_files.read_identity(run_dir)
     assert stored.data["train"]["items"] == 6  # 2 shots of 3 classes
     repaint(sorted((folder / "train").rglob("*.png")))
     argv = ["-q", "train", "-c", "coop", *overrides(folder, tmp_path)]
@@ -61,7 +61,7 @@ def test_changed_training_images_are_not_reused_and_replace_redoes(folder, tmp_p
     assert f"{run_dir}: the training images changed since this run was made" in err and "--replace" in err
     assert "Traceback" not in err
     assert main([*argv, "--replace"]) == 0  # the advised fix
-    assert runs.read_identity(run_dir).data != stored.data
+    assert run_files.read_identity(run_dir).data != stored.data
     redone = (run_dir / runs.RESULT).stat().st_mtime_ns
     assert main(argv) == 0  # and the redone run is reused
     assert (run_dir / runs.RESULT).stat().st_mtime_ns == redone
@@ -149,10 +149,10 @@ def test_wrongly_typed_files_are_named_and_the_others_still_listed(folder, tmp_p
     result = json.loads((dirs[2] / runs.RESULT).read_text())
     (dirs[2] / runs.RESULT).write_text(json.dumps({**result, "test": {**result["test"], "accuracy": "n/a"}}))
     with pytest.raises(runs.CorruptFile, match=f"{dirs[1] / runs.IDENTITY}.*settings is list"):
-        runs.read_identity(dirs[1])
+        run_files.read_identity(dirs[1])
     with pytest.raises(runs.CorruptFile, match=f"{dirs[2] / runs.RESULT}.*test.accuracy is n/a, not a number"):
-        runs.read_result(dirs[2])
-    listed = {info.path: info for info in runs.find_runs(tmp_path / "runs")}
+        run_files.read_result(dirs[2])
+    listed = {info.path: info for info in run_files.find_runs(tmp_path / "runs")}
     assert listed[dirs[0]].status == "done" and isinstance(listed[dirs[0]].accuracy, float)
     assert listed[dirs[1]].status == "damaged" and "settings is list" in listed[dirs[1]].detail
     assert listed[dirs[2]].status == "damaged" and "test.accuracy" in listed[dirs[2]].detail
@@ -164,7 +164,7 @@ def test_wrongly_typed_files_are_named_and_the_others_still_listed(folder, tmp_p
     err = capsys.readouterr().err
     assert f"{dirs[1] / runs.IDENTITY}" in err and "--replace" in err and "Traceback" not in err
     assert main([*argv, "--replace"]) == 0  # the advised fix
-    assert runs.read_identity(dirs[1]).settings["seed"] == 2
+    assert run_files.read_identity(dirs[1]).settings["seed"] == 2
 
 
 def test_a_wrongly_typed_evaluation_is_named_and_evaluated_again(folder, tmp_path):
@@ -176,9 +176,9 @@ def test_a_wrongly_typed_evaluation_is_named_and_evaluated_again(folder, tmp_pat
     stored = json.loads(out.read_text())
     out.write_text(json.dumps({**stored, "test": {"accuracy": "n/a"}}))
     with pytest.raises(runs.CorruptFile, match=f"{out}.*test.accuracy is n/a, not a number"):
-        runs.read_scored(out, "an evaluation result")
+        run_files.read_scored(out, "an evaluation result")
     again = evaluate_run(run_dir, ["data.subsample=new"], progress=False)
-    assert "cached" not in again and runs.read_scored(out, "an evaluation result")["test"] == stored["test"]
+    assert "cached" not in again and run_files.read_scored(out, "an evaluation result")["test"] == stored["test"]
 
 
 # ------------------------------------------------------------------------------------------------ 3: --replace
@@ -200,14 +200,14 @@ def test_replace_redoes_the_run_whatever_the_folder_holds(folder, tmp_path, stat
     elif state == "failed":
         (run_dir / runs.RESULT).unlink()
         (run_dir / runs.FAILED).write_text(json.dumps({"error": "The loss became non-finite. ...", "at": "then"}))
-    before = runs.run_state(run_dir, runs.Identity.of(cfg)).status
+    before = run_files.run_state(run_dir, runs.Identity.of(cfg)).status
     assert before == state
     result = run(cfg, progress=False, replace=True)
-    assert "marker" not in result and runs.read_result(run_dir) == result
+    assert "marker" not in result and run_files.read_result(run_dir) == result
     assert not (run_dir / runs.FAILED).exists()
     epochs = [json.loads(line)["epoch"] for line in (run_dir / runs.METRICS).read_text().splitlines()]
     assert epochs == [0, 1]  # one fresh run, nothing of the old one
-    assert runs.read_identity(run_dir).fingerprint == runs.Identity.of(cfg).fingerprint
+    assert run_files.read_identity(run_dir).fingerprint == runs.Identity.of(cfg).fingerprint
 
 
 @pytest.mark.slow

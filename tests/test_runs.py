@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bench_fixtures import coloured_folder
-from promptclip import runs
+from promptclip import run_files, runs
 from promptclip.cli import main
 from promptclip.config import build_config
 from promptclip.engine import evaluate_run, load_prompts, run
@@ -100,7 +100,7 @@ def test_a_run_of_an_earlier_identity_version_is_neither_reused_nor_resumed(fold
     assert old.settings == runs.Identity.of(cfg).settings and old.fingerprint != runs.Identity.of(cfg).fingerprint
     run_dir = runs.default_run_dir(cfg)
     run_dir.mkdir(parents=True)
-    runs.write_identity(run_dir, runs.Identity(old.settings, old.fingerprint, version=1), "config: old\n")
+    run_files.write_identity(run_dir, runs.Identity(old.settings, old.fingerprint, version=1), "config: old\n")
     identity = json.loads((run_dir / runs.IDENTITY).read_text())
     del identity["version"]  # version 1 wrote none
     (run_dir / runs.IDENTITY).write_text(json.dumps(identity))
@@ -123,7 +123,7 @@ def test_a_finished_run_is_reported_by_the_main_process_only(folder, tmp_path):
 
         @staticmethod
         def share(_):
-            return runs.run_state(runs.default_run_dir(cfg), runs.Identity.of(cfg))  # the main process's: done
+            return run_files.run_state(runs.default_run_dir(cfg), runs.Identity.of(cfg))  # the main process's: done
 
     assert run(cfg, progress=False, distributed=OtherProcess()) == {}
     assert run(cfg, progress=False) == first
@@ -192,7 +192,7 @@ def test_eval_of_a_folder_that_is_not_a_run(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------------ one writer
-LOCK_HOLDER = ("import sys, time; from promptclip.runs import RunLock; lock = RunLock(sys.argv[1]).acquire(); "
+LOCK_HOLDER = ("import sys, time; from promptclip.run_files import RunLock; lock = RunLock(sys.argv[1]).acquire(); "
                "print('locked', flush=True); time.sleep(120)")
 
 
@@ -204,12 +204,12 @@ def test_a_second_writer_is_refused_and_a_killed_ones_lock_is_taken_over(folder,
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(runs.RunBusy, match=f"busy: pid {holder.pid} on host .+ since "):
             run(cfg, progress=False)
-        assert runs.is_locked(run_dir) and not (run_dir / runs.IDENTITY).exists()
+        assert run_files.is_locked(run_dir) and not (run_dir / runs.IDENTITY).exists()
     finally:
         holder.kill()
         holder.wait()
     result = run(cfg, progress=False)  # the dead holder's lock is taken over
-    assert result["test"]["num_images"] > 0 and not runs.is_locked(run_dir)
+    assert result["test"]["num_images"] > 0 and not run_files.is_locked(run_dir)
     epochs = [json.loads(line)["epoch"] for line in (run_dir / runs.METRICS).read_text().splitlines()]
     assert epochs == [0, 1]
 
@@ -371,7 +371,8 @@ def test_a_damaged_checkpoint_costs_only_its_epochs(folder, tmp_path, caplog):
 
 
 def sweep_specs(folder, tmp_path, *extra):
-    from promptclip.bench.protocols import expand, parse_protocol
+    from promptclip.bench.protocol_files import parse_protocol
+    from promptclip.bench.protocols import expand
 
     protocol = parse_protocol({
         "kind": "few_shot", "shots": [2], "seeds": [1, 2], "methods": ["coop"],
@@ -418,7 +419,7 @@ def test_bench_skips_a_run_another_process_is_writing(folder, tmp_path):
     from promptclip.bench.sweep import run_sweep, status
 
     _, specs = sweep_specs(folder, tmp_path)
-    with runs.RunLock(specs[0].run_dir):
+    with run_files.RunLock(specs[0].run_dir):
         assert status(specs[0]) == "busy"
         outcome = run_sweep(specs, progress=False)
     assert outcome.busy == [specs[0].id] and outcome.finished == [specs[1].id]

@@ -28,12 +28,12 @@ def base(tmp_path):
 def test_two_methods_in_one_folder_get_the_advised_name(base):
     name = advice("few_shot", [*base, "methods=[coop, coop]"], r"name: (\w+)\}")
     plan = plan_sweep("few_shot", [*base, f"methods=[coop, {{preset: coop, name: {name}}}]"])
-    assert sorted(r.method for r in plan.runs) == ["coop", name]
+    assert sorted(r.key.method for r in plan.runs) == ["coop", name]
 
 
 def test_zero_shot_in_a_few_shot_protocol_needs_no_advice(base):
     plan = plan_sweep("few_shot", [*base, "methods=[coop, zeroshot]", "seeds=[1,2]", "shots=[1,2]"])
-    zeroshot = sorted(r.id for r in plan.runs if r.method == "zeroshot")
+    zeroshot = sorted(r.id for r in plan.runs if r.key.method == "zeroshot")
     assert zeroshot == [f"zeroshot/tiny-vit_random/digits/all/shots_0/seed_{s}" for s in (1, 2)]  # the 0-shot row
     assert len(plan.runs) == 4 + 2
 
@@ -51,9 +51,9 @@ def test_a_misspelt_protocol_is_corrected(base):
 
 def test_a_key_the_protocol_owns_points_to_the_protocol_key(base):
     fix = advice("few_shot", [*base, "methods=[coop]", "seed=3"], r"e\.g\. (seeds=\[\d+\])")
-    assert [r.seed for r in plan_sweep("few_shot", [*base, "methods=[coop]", fix]).runs] == [1]
+    assert [r.key.seed for r in plan_sweep("few_shot", [*base, "methods=[coop]", fix]).runs] == [1]
     key = advice("few_shot", [*base, "methods=[coop]", "config={seed: 3}"], r"use (\w+) instead")
-    assert [r.seed for r in plan_sweep("few_shot", [*base, "methods=[coop]", f"{key}=[3]"]).runs] == [3]
+    assert [r.key.seed for r in plan_sweep("few_shot", [*base, "methods=[coop]", f"{key}=[3]"]).runs] == [3]
 
 
 def test_a_method_without_a_preset_is_shown_one(base):
@@ -71,7 +71,7 @@ def test_grid_advice(base):
                    r"(\{preset: \.\.\., grid: \{[\w.]+: \[\.\.\.\]\}\})")
     fixed = entry.replace("preset: ...", "preset: kgcoop").replace("[...]", "[1, 8]")
     plan = plan_sweep("few_shot", [*base, f"methods=[coop, {fixed}]"])
-    assert sorted(r.method for r in plan.runs) == ["coop", "kgcoop", "kgcoop"]
+    assert sorted(r.key.method for r in plan.runs) == ["coop", "kgcoop", "kgcoop"]
 
 
 def test_removal_advice(base):

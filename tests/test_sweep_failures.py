@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from bench_fixtures import cli, coloured_folder
-from promptclip import runs
-from promptclip.backbone import TINY_MODELS, Architecture, FrozenCLIP
+from promptclip import run_files, runs
+from promptclip.backbone import FrozenCLIP
 from promptclip.config import CONFIG_DIR, build_config
 from promptclip.learners.base import config_problems
+from promptclip.architecture import TINY_MODELS, Architecture
 
 PRESETS = sorted(p.stem for p in (CONFIG_DIR / "methods").glob("*.yaml"))
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -50,7 +51,7 @@ def test_a_failed_run_is_recorded_the_others_go_on_and_a_rerun_retries_it(folder
     assert "Done 1 runs, 1 failed, 0 skipped" in out
     assert f"FAILED coop/tiny-vit_random/later/all/shots_2/seed_1: {failure['error'].splitlines()[0]}" in out
     assert not (bad / runs.IDENTITY).exists()
-    assert runs.run_state(bad, runs.Identity.of(build_config(["coop"]))).status == "new"  # retried, not "other"
+    assert run_files.run_state(bad, runs.Identity.of(build_config(["coop"]))).status == "new"  # retried, not "other"
     coloured_folder(missing, classes=4)
     assert cli("bench", *args) == 0
     out = capsys.readouterr().out

@@ -26,7 +26,7 @@ def counted():
     backbone = FrozenCLIP.load("tiny-vit")
     images = []
     encode = backbone.encode_image
-    backbone.encode_image = lambda x, prompts=None: images.append(len(x)) or encode(x, prompts)
+    backbone.encode_image = lambda x, prompts=None, adapters=None: images.append(len(x)) or encode(x, prompts, adapters)
     return backbone, images
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
 
-from .. import runs
+from .. import run_files, runs
 from ..data.benchmarks import find_benchmark
 from ..errors import PromptclipError
 from .published import SHIFTS
@@ -71,6 +71,12 @@ class Record:
         if metric in RUN_METRICS:
             return self.values.get((*RUN, metric))
         return self.values.get((target or self.dataset, classes or self.subsample, metric))
+
+    @property
+    def key(self) -> runs.RunKey:
+        """The run's key (:class:`~promptclip.runs.RunKey`), as its folder and files name it."""
+        return runs.RunKey(self.method, runs.backbone_label(self.model, self.pretrained), self.dataset, self.subsample,
+                           self.shots, self.seed, self.grid)
 
     @property
     def accuracy(self) -> Optional[float]:
@@ -132,7 +138,7 @@ def _read(path: Path, what: str, problems: List[str], fingerprint: Optional[str]
           ) -> Optional[dict]:
     """A result file, or None (with the reason in ``problems``) when it is damaged or from other settings."""
     try:
-        data = runs.read_scored(path, what, key)
+        data = run_files.read_scored(path, what, key)
     except runs.CorruptFile as err:
         problems.append(f"{err} Not counted; rerun the sweep to redo it.")
         return None
@@ -145,7 +151,7 @@ def _read(path: Path, what: str, problems: List[str], fingerprint: Optional[str]
 def _settings(run_dir: Path, problems: List[str]) -> Optional[Dict[str, Any]]:
     """The run's identity without its seed (and with the identity version, which changes results too)."""
     try:
-        identity = runs.read_identity(run_dir)
+        identity = run_files.read_identity(run_dir)
     except runs.CorruptFile as err:
         problems.append(f"{err} Its settings are unknown; not counted.")
         return None
@@ -158,7 +164,7 @@ def _settings(run_dir: Path, problems: List[str]) -> Optional[Dict[str, Any]]:
 
 def _failure(run_dir: Path) -> str:
     try:
-        failed = runs.read_json(run_dir / runs.FAILED, "a run's failure record", ("error",))
+        failed = run_files.read_json(run_dir / runs.FAILED, "a run's failure record", ("error",))
     except runs.CorruptFile as err:
         return f"{err}"
     return "" if failed is None else f"{failed['error']} (at {failed.get('at', '?')})"
@@ -208,7 +214,7 @@ def _record(run_id: str, identity: dict, result: Optional[dict], problems: List[
 
 
 def _from_manifest(path: Path) -> Sweep:
-    data = runs.read_manifest(path)
+    data = run_files.read_manifest(path)
     records = []
     for run in data["runs"]:
         problems: List[str] = []
@@ -271,7 +277,7 @@ def _from_results(root: Path) -> Tuple[List[Sweep], List[str], List[str]]:
 
 def _is_validation(path: Path) -> bool:
     try:
-        data = runs.read_json(path, "an evaluation result")
+        data = run_files.read_json(path, "an evaluation result")
     except runs.CorruptFile:
         return False
     return data is not None and data.get("split") == "val"

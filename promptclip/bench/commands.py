@@ -221,7 +221,7 @@ def print_problems(specs: List["RunSpec"]) -> int:
 
 def print_weights(runs: List["RunSpec"]) -> None:
     """Whether the weights the planned runs need are on this machine (nothing is downloaded)."""
-    from ..backbone import weights_status
+    from ..architecture import weights_status
 
     for model, pretrained, cache in dict.fromkeys((r.config.model.name, r.config.model.pretrained,
                                                    r.config.model.cache_dir) for r in runs):
@@ -233,7 +233,7 @@ def print_weights(runs: List["RunSpec"]) -> None:
 
 
 def _evaluations_text(spec: "RunSpec") -> str:
-    names = [e.subsample if e.dataset == spec.dataset else e.dataset for e in spec.evaluations]
+    names = [e.subsample if e.dataset == spec.key.dataset else e.dataset for e in spec.evaluations]
     names += ["val"] if spec.validation is not None else []
     return "-" if not names else ", ".join(names) if len(names) <= 4 else f"{len(names)}: {', '.join(names[:3])}, ..."
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .. import runs
+from .. import run_files, runs
 from ..config import bounded, from_dict, merge, parse_override, read_yaml_mapping
 from ..errors import ConfigError, PromptclipError
 from ..utils import atomic_write_json
@@ -209,7 +209,7 @@ def record_launch(root: Path, entry: dict) -> None:
 def read_launches(root: Path) -> dict:
     """``root/launcher-jobs.json`` (``{"launches": []}`` when nothing was launched there)."""
     path = Path(root) / JOBS_FILE
-    data = runs.read_json(path, "the launcher's job list", ("launches",))
+    data = run_files.read_json(path, "the launcher's job list", ("launches",))
     if data is None:
         return {"launches": []}
     if not isinstance(data["launches"], list):
@@ -276,7 +276,7 @@ def launch_status(plan: SweepPlan) -> List[RunStatus]:
         if state == "done":
             row.state = "done"
         elif state == "busy":
-            row.state, row.detail = "running", runs.describe_owner(spec.run_dir)
+            row.state, row.detail = "running", run_files.describe_owner(spec.run_dir)
         elif state == "other":
             row.state, row.detail = "other", "its folder holds a run made with other settings (see --dry-run)"
         elif record is None:
@@ -299,7 +299,7 @@ def launch_status(plan: SweepPlan) -> List[RunStatus]:
 def _failure_since(spec: RunSpec, since: str) -> Optional[str]:
     """The error the sweep recorded in the run's ``failed.json`` at or after ``since`` (None: none since)."""
     try:
-        recorded = runs.read_json(spec.run_dir / runs.FAILED, "a run's failure record")
+        recorded = run_files.read_json(spec.run_dir / runs.FAILED, "a run's failure record")
     except runs.CorruptFile as err:
         return str(err)
     if recorded is None or str(recorded.get("at", "")) < since:

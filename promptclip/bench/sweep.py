@@ -38,8 +38,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from tqdm.auto import tqdm
 
-from .. import runs
-from ..backbone import Architecture
+from .. import run_files, runs
 from ..config import Config, from_dict, to_dict
 from ..engine.runner import data_change, evaluate_run, run
 from ..engine.trainer import duration, show_bars
@@ -47,8 +46,9 @@ from ..engine.validation import require_validation_split, validate_run, validati
 from ..errors import ConfigError, PromptclipError
 from ..learners.base import config_problems
 from ..utils import atomic_write_json
-from .protocols import EvalSpec, Protocol, RunSpec, eval_spec, expand, grid_label, load_protocol, split_overrides, \
-    sweep_root, write_manifest
+from ..architecture import Architecture
+from .protocol_files import Protocol, load_protocol, split_overrides
+from .protocols import EvalSpec, RunSpec, eval_spec, expand, sweep_root, write_manifest
 
 log = logging.getLogger("promptclip")
 BUSY_EXIT = 75  # a worker's exit code when another process is writing its run (EX_TEMPFAIL)
@@ -154,9 +154,9 @@ def status(spec: RunSpec) -> str:
     """done (result, evaluations and, for a grid point, validation exist), evaluate (result only), resume
     (interrupted), todo, busy (another process is writing it), failed (a non-finite loss), other (a run with other
     settings), corrupt."""
-    if runs.is_locked(spec.run_dir):
+    if run_files.is_locked(spec.run_dir):
         return "busy"
-    state = runs.run_state(spec.run_dir, spec.identity)
+    state = run_files.run_state(spec.run_dir, spec.identity)
     if state.status == "done":
         if _data_change(spec, state) is not None:
             return "other"  # finished on training images that have changed since: never counted as done
@@ -168,14 +168,14 @@ def status(spec: RunSpec) -> str:
 
 def _evaluation_done(path: Path, key: str) -> bool:
     try:
-        return runs.read_scored(path, "an evaluation result", key) is not None
+        return run_files.read_scored(path, "an evaluation result", key) is not None
     except runs.CorruptFile:
         return False
 
 
 def config_changes(spec: RunSpec) -> List[str]:
     """``key: stored → requested`` for a folder holding a run made with other settings (or why it is unknown)."""
-    state = runs.run_state(spec.run_dir, spec.identity)
+    state = run_files.run_state(spec.run_dir, spec.identity)
     if state.status == "done":
         changed = _data_change(spec, state)
         return [changed] if changed is not None else []
@@ -184,7 +184,7 @@ def config_changes(spec: RunSpec) -> List[str]:
     return state.differences or [state.problem]
 
 
-def _data_change(spec: RunSpec, state: runs.RunState) -> Optional[str]:
+def _data_change(spec: RunSpec, state: run_files.RunState) -> Optional[str]:
     """Why a finished run's training images are no longer the ones it read (None: the same, or not recorded), as
     ``train`` checks before reusing a result."""
     try:
@@ -201,8 +201,9 @@ def summary_line(spec: RunSpec, result: dict, evaluations: Sequence[Tuple[EvalSp
     parts += [f"{e.dataset}{'' if e.subsample == 'all' else ' ' + e.subsample} {r['test']['accuracy']:.2f}%"
               for e, r in evaluations]
     parts += [f"val {validation['val']['accuracy']:.2f}%"] if validation is not None else []
-    point = f" {grid_label(spec.grid)}" if spec.grid else ""
-    return (f"{spec.method} {spec.dataset} {spec.subsample} shots {spec.shots}{point} seed {spec.seed}: "
+    key = spec.key
+    point = f" {key.setting}" if key.grid else ""
+    return (f"{key.method} {key.dataset} {key.subsample} shots {key.shots}{point} seed {key.seed}: "
             f"{' | '.join(parts)} ({duration(seconds)})")
 
 
@@ -212,7 +213,7 @@ def run_one(spec: RunSpec, progress: bool = True, on_epoch_end: Optional[Callabl
     (each read back if done). A grid point's dataset is checked to have a val split before anything trains."""
     if spec.validation is not None and not (spec.run_dir / runs.RESULT).is_file():
         require_validation_split(spec.config, spec.run_dir)
-    result = run(spec.config, progress=progress, on_epoch_end=on_epoch_end, replace=replace)
+    result = run(spec.config, progress=progress, on_epoch_end=on_epoch_end, replace=replace, key=spec.key)
     evaluations = [(e, evaluate_run(spec.run_dir, e.overrides, progress=progress, label=e.dataset))
                    for e in spec.evaluations]
     validation = validate_run(spec.run_dir, progress=progress) if spec.validation is not None else None
@@ -276,7 +277,7 @@ def run_sweep(specs: Sequence[RunSpec], gpus: int = 0, fail_fast: bool = False, 
         bar.write(f"NOT RUN {run_id}: its folder holds a run made with other settings ({'; '.join(changes[:4])}"
                   f"{'; ...' if len(changes) > 4 else ''}).")
     for run_id in outcome.busy:
-        bar.write(f"BUSY {run_id}: {runs.describe_owner(next(s.run_dir for s in specs if s.id == run_id))}.")
+        bar.write(f"BUSY {run_id}: {run_files.describe_owner(next(s.run_dir for s in specs if s.id == run_id))}.")
     bar.write(f"{len(specs)} runs: {len(outcome.skipped)} finished, {len(todo)} to run"
               f"{f', {gpus} at a time' if gpus else ''}"
               f"{f', {len(outcome.busy)} busy elsewhere' if outcome.busy else ''}"
@@ -331,11 +332,9 @@ def visible_gpus(count: int) -> List[str]:
 
 
 def write_spec(spec: RunSpec, replace: bool = False) -> Path:
-    """The file a worker process reads: the resolved config and the evaluations."""
+    """The file a worker process reads: the run's key, the resolved config and the evaluations."""
     path = spec.run_dir / runs.SWEEP_SPEC
-    atomic_write_json(path, {"id": spec.id, "method": spec.method, "dataset": spec.dataset,
-                             "subsample": spec.subsample, "shots": spec.shots, "seed": spec.seed,
-                             "config": to_dict(spec.config), "replace": replace, "grid": spec.grid,
+    atomic_write_json(path, {"id": spec.id, **spec.key.to_json(), "config": to_dict(spec.config), "replace": replace,
                              "evaluations": [{"dataset": e.dataset, "subsample": e.subsample,
                                               "overrides": e.overrides} for e in spec.evaluations]})
     return path
@@ -344,7 +343,7 @@ def write_spec(spec: RunSpec, replace: bool = False) -> Path:
 def read_spec(path: Path) -> Tuple[RunSpec, bool]:
     """A worker's run (and whether to replace a run with other settings); it must live in the spec's folder."""
     path = Path(path)
-    data = runs.read_json(path, "a sweep worker's run", ("id", "config", "evaluations"))
+    data = run_files.read_json(path, "a sweep worker's run", ("id", "config", "evaluations"))
     if data is None:
         raise runs.CorruptFile(f"{path} does not exist.")
     cfg: Config = from_dict(Config, data["config"])
@@ -355,10 +354,9 @@ def read_spec(path: Path) -> Tuple[RunSpec, bool]:
     identity = runs.Identity.of(cfg)
     evaluations = [eval_spec(cfg, identity, runs.safe_component(e["dataset"], "evaluation dataset"),
                              e["subsample"], list(e["overrides"])) for e in data["evaluations"]]
-    grid = dict(data.get("grid") or {})
-    validation = validation_file(run_dir, cfg, identity.fingerprint) if grid else None
-    return RunSpec(data["id"], data["method"], data["dataset"], data["subsample"], data["shots"], data["seed"], cfg,
-                   run_dir, identity, evaluations, grid, validation), bool(data.get("replace", False))
+    key = runs.RunKey.from_json(data, f"{path} (a sweep worker's run)")
+    validation = validation_file(run_dir, cfg, identity.fingerprint) if key.grid else None
+    return RunSpec(data["id"], key, cfg, run_dir, identity, evaluations, validation), bool(data.get("replace", False))
 
 
 def _run_parallel(todo: Sequence[RunSpec], gpus: int, fail_fast: bool, bar: _Bar, outcome: SweepOutcome,
@@ -409,13 +407,14 @@ def _supervise(pending: List[RunSpec], running: Dict[subprocess.Popen, Tuple[Run
                 free.append(gpu)
                 if process.returncode == 0 and status(spec) == "done":
                     outcome.finished.append(spec.id)
-                    evaluations = [(e, runs.read_json(e.file, "an evaluation result")) for e in spec.evaluations]
-                    validation = runs.read_json(spec.validation, "a validation result") if spec.validation else None
-                    bar.finish_one(summary_line(spec, runs.read_result(spec.run_dir), evaluations,
+                    evaluations = [(e, run_files.read_json(e.file, "an evaluation result")) for e in spec.evaluations]
+                    validation = run_files.read_json(spec.validation, "a validation result") if spec.validation \
+                        else None
+                    bar.finish_one(summary_line(spec, run_files.read_result(spec.run_dir), evaluations,
                                                 time.time() - started, validation), len(running))
                 elif process.returncode == BUSY_EXIT:
                     outcome.busy.append(spec.id)
-                    bar.write(f"BUSY {spec.id}: {runs.describe_owner(spec.run_dir)}.")
+                    bar.write(f"BUSY {spec.id}: {run_files.describe_owner(spec.run_dir)}.")
                 else:
                     outcome.failed[spec.id] = _worker_failure(spec, process.returncode, started_at)
                     bar.write(f"FAILED {spec.id}: {first_line(outcome.failed[spec.id])}")
@@ -431,7 +430,7 @@ def _worker_failure(spec: RunSpec, code: int, started: str) -> str:
     code, recorded."""
     log_path = spec.run_dir / runs.SWEEP_LOG
     try:
-        recorded = runs.read_json(spec.run_dir / runs.FAILED, "a run's failure record")
+        recorded = run_files.read_json(spec.run_dir / runs.FAILED, "a run's failure record")
     except runs.CorruptFile:
         recorded = None
     if recorded is not None and recorded.get("stage") == "sweep" and str(recorded.get("at", "")) >= started:

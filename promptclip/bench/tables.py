@@ -12,6 +12,7 @@ runs' settings. Every table renders as Markdown, CSV (the table as shown) and La
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -32,9 +33,13 @@ SUMMARY_METRICS: Dict[str, Tuple[str, Optional[str]]] = {
 
 
 # ------------------------------------------------------------------------------------------------ the pivot
+KEY_FIELDS = tuple(f.name for f in dataclasses.fields(runs.RunKey))
+
+
 @dataclass(frozen=True)
 class Value:
-    """One long row: a record's value of ``metric`` on (``target``, ``classes``); record fields read through."""
+    """One long row: a record's value of ``metric`` on (``target``, ``classes``); the record's fields, and its key's
+    (``dataset``, ``shots``, ...), read through."""
 
     record: Record
     target: str
@@ -43,7 +48,9 @@ class Value:
     value: Optional[float]
 
     def __getitem__(self, name: str):
-        return getattr(self, name) if name in ("target", "classes", "metric", "value") else getattr(self.record, name)
+        if name in ("target", "classes", "metric", "value"):
+            return getattr(self, name)
+        return getattr(self.record.key if name in KEY_FIELDS else self.record, name)
 
 
 def values(records: Sequence[Record]) -> List[Value]:
@@ -200,7 +207,7 @@ def _short(cell: Optional[List[Value]]) -> str:
 
 def _published(kind: str, rows: Sequence[Value], dataset: str, metric: str) -> Optional[Number]:
     first = rows[0].record
-    return lookup(kind, first.method, dataset, metric, first.model, first.pretrained, first.shots)
+    return lookup(kind, first.key.method, dataset, metric, first.model, first.pretrained, first.key.shots)
 
 
 def _rows_of(cells: Dict[str, List[Value]]) -> List[Value]:
@@ -208,7 +215,7 @@ def _rows_of(cells: Dict[str, List[Value]]) -> List[Value]:
 
 
 def _name(label: str, changed: Callable[[str], bool], rows: Sequence[Value]) -> str:
-    return label + (CHANGED if rows and changed(rows[0].record.method) else "")
+    return label + (CHANGED if rows and changed(rows[0].record.key.method) else "")
 
 
 def _published_text(number: Optional[Number]) -> str:
@@ -220,7 +227,7 @@ Changed = Callable[[str], bool]  # whether an override changed a method's runs
 
 def few_shot_table(sweep: Sweep, changed: Changed) -> Tuple[Table, dict]:
     """Rows (method, shots), columns datasets + average; and the plot data {label: {dataset: {shots: Stat}}}."""
-    datasets = _unique(r.dataset for r in sweep.records)
+    datasets = _unique(r.key.dataset for r in sweep.records)
     compare_average = {canonical(d) for d in datasets} == set(ELEVEN)
     table = Table(f"Test accuracy (%): {STD}", ["method", "shots", *datasets, "average", "published avg", "Δ avg"])
     plot: Dict[str, Dict[str, Dict[int, Stat]]] = {}
@@ -251,7 +258,7 @@ def few_shot_table(sweep: Sweep, changed: Changed) -> Tuple[Table, dict]:
 def base_to_new_table(sweep: Sweep, changed: Changed) -> Tuple[Table, dict]:
     """Per (method, shots) each dataset once: base (B), new (N), H from the seed-averaged B and N; then the average
     row, its H from the averaged B and N. Plot data: {series: {dataset: {"base"|"new"|"H": Stat}}}."""
-    datasets = _unique(r.dataset for r in sweep.records)
+    datasets = _unique(r.key.dataset for r in sweep.records)
     compare_average = {canonical(d) for d in datasets} == set(ELEVEN)
     table = Table(f"Base-to-new accuracy (%): base (B), new (N) and H = 2BN/(B+N) from the mean B and N; {STD}",
                   ["method", "shots", "dataset", "base (B)", "new (N)", "H", "published B / N / H", "Δ B / N / H"],
@@ -355,7 +362,7 @@ def metric_table(sweep: Sweep, metric: str, changed: Changed) -> Optional[Table]
         return None
     columns = _unique(c for cells in pivoted.values() for c in cells)
     if layout.column == "dataset":
-        columns = [d for d in _unique(r.dataset for r in sweep.records) if d in columns]
+        columns = [d for d in _unique(r.key.dataset for r in sweep.records) if d in columns]
     names = {"base": "base (B)", "new": "new (N)"} if layout.column == "classes" else {}
     table = Table(f"{title}: {STD}" if cell is None else f"{title}: mean over seeds", [
         "method", "shots", *(["dataset"] if "dataset" in layout.index else ["source"] if len(layout.index) > 2
@@ -408,7 +415,7 @@ def _changes_results(key: str) -> bool:
 
 
 def deviations(sweep: Sweep) -> Deviations:
-    from .protocols import PROTOCOL_KEYS  # the protocol's own keys (seeds, shots, ...) change the plan, not runs
+    from .protocol_files import PROTOCOL_KEYS  # the protocol's own keys (seeds, shots, ...) change the plan, not runs
 
     lines: List[str] = []
     scoped: Dict[str, List[str]] = {}
@@ -430,7 +437,8 @@ def shortfall_lines(records: Sequence[Record]) -> List[str]:
     """Per (dataset, classes, shots): how many of the classes in use had fewer training images than the shots."""
     out = []
     found = [r for r in records if r.shortfall]
-    for (dataset, subsample, shots), rows in _group(found, lambda r: (r.dataset, r.subsample, r.shots)).items():
+    groups = _group(found, lambda r: (r.key.dataset, r.key.subsample, r.key.shots))
+    for (dataset, subsample, shots), rows in groups.items():
         classes: Dict[str, int] = {}
         for r in rows:
             for name, count in r.shortfall["classes"].items():

@@ -2,37 +2,28 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..config import merge, parse_override
-from ..errors import PromptclipError
 from .check import check_datasets, dataset_stats, format_reports, format_stats
 
 GUIDE = "datasets/DATASETS.md"
 
 
 def run_check(args: argparse.Namespace) -> int:
-    """Print the check table; 1 when a dataset is broken, or missing although named on the command line."""
-    try:
-        reports = check_datasets(args.root, args.names or None, verify=args.verify)
-    except PromptclipError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    """Print the check table; 1 when a dataset is broken, or missing although named on the command line (a root
+    that cannot be read is an error, reported by the CLI like every other: exit 2)."""
+    reports = check_datasets(args.root, args.names or None, verify=args.verify)
     print(format_reports(reports))
     failed = [r for r in reports if r.status == "broken" or (args.names and r.status == "missing")]
     return 1 if failed else 0
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    """Print classes and per-split counts of one dataset; 1 when it cannot be read."""
-    try:
-        options = {}
-        for text in args.overrides:
-            options = merge(options, parse_override(text))
-        stats = dataset_stats(args.name, args.root, **options)
-    except PromptclipError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    """Print classes and per-split counts of one dataset (one that cannot be read is a CLI error: exit 2)."""
+    options = {}
+    for text in args.overrides:
+        options = merge(options, parse_override(text))
+    stats = dataset_stats(args.name, args.root, **options)
     print(format_stats(stats, all_classes=args.classes))
     return 0
 

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
-from .. import runs
+from .. import run_files, runs
 from ..errors import PromptclipError
 from ..runs import ADAPTER_CONFIG, ADAPTER_FORMAT, ADAPTER_MODEL, PEFT_TYPE
 from ..utils import atomic_write_bytes, atomic_write_json, atomic_write_text, versions
@@ -83,7 +83,7 @@ def _evaluations(run_dir: Path) -> List[dict]:
     found = []
     for path in sorted((run_dir / runs.EVALS).glob("*.json")):
         try:
-            data = runs.read_scored(path, "an evaluation result")
+            data = run_files.read_scored(path, "an evaluation result")
         except runs.CorruptFile as err:
             log.warning("%s It is left out of the export.", err)
             continue
@@ -128,47 +128,73 @@ def model_card(config: dict, folder_name: str) -> str:
     """README.md: what the adapter is, how it did, how to load it and how to share it."""
     run, backbone = config["run"], config["backbone"]
     method = config.get("method") or config["learners"]["text"]["name"]
-    model, tag = backbone["model"], backbone["pretrained"]
+    model = backbone["model"]
     shots = run.get("shots")
     shots_text = {0: "zero-shot (no training images)", -1: "all training images"}.get(shots, f"{shots} per class")
-    if "weights_sha256" in config:
-        weights = (f"the local checkpoint `{tag}` (sha256 `{config['weights_sha256']}`): put that very file in this "
-                   f"folder to load the adapter")
-    elif model.startswith("hf-hub:"):
-        weights = f"those of the Hugging Face hub repository `{model[len('hf-hub:'):]}`"
-    elif tag is None:
-        weights = "random (seeded, the same on every machine: for tests and demos, its accuracy means nothing)"
-    else:
-        weights = f"open_clip's `{tag}`"
-    front = ["---", "library_name: promptclip", f"tags: [promptclip, open_clip, clip, prompt-learning, {method}]",
-             "pipeline_tag: image-classification"]
-    if model.startswith("hf-hub:"):
-        front.append(f"base_model: {model[len('hf-hub:'):]}")
-    rows = [("test", run.get("dataset"), run.get("subsample"), run.get("test"))]
-    rows += [("evaluation", e.get("dataset"), e.get("subsample"), e.get("test")) for e in config["evaluations"]]
-    table = ["| evaluation | dataset | classes | accuracy (%) | macro-F1 (%) | seed |", "|---|---|---|---|---|---|"]
-    table += [f"| {what} | {_cell(dataset)} | {_cell(subsample)} | {_percent(m, 'accuracy')} | "
-              f"{_percent(m, 'macro_f1')} | {run.get('seed')} |" for what, dataset, subsample, m in rows]
     learners = [f"- {side} learner: `{json.dumps(options)}`" for side, options in config["learners"].items()]
     losses = [f"- loss `{name}`: `{json.dumps(options)}`" for name, options in config.get("losses", {}).items()]
     tensors = [f"  - `{name}`: {list(shape)}" for name, shape in config.get("shapes", {}).items()]
     training = [f"- `{k}`: `{json.dumps(v)}`" for k, v in config["training"].items()]
     classes = config["classnames"]
-    made = config.get("versions", {})
     lines = [
-        *front, "---", "",
+        *_front_matter(method, model), "",
         f"# {method} on {run.get('dataset')} ({shots_text}, seed {run.get('seed')})", "",
         f"A promptclip adapter: {method} learned on a frozen open_clip CLIP (`{model}`). "
         f"This folder holds only what was learned ({config.get('num_parameters', '?')} numbers); the backbone is "
         f"fetched by open_clip from its name.", "",
         "## Method", "", f"- method: `{method}`", *learners, *losses, "- learned tensors:", *tensors, "",
-        "## Backbone and weights", "", f"- open_clip model: `{model}`", f"- weights: {weights}",
+        "## Backbone and weights", "", f"- open_clip model: `{model}`", f"- weights: {_weights_text(config)}",
         f"- template: `{config['template']}`", "",
         "## Data", "", f"- dataset: {run.get('dataset')} (classes: {run.get('subsample')})", f"- shots: {shots_text}",
         f"- training images: {run.get('num_train_images')}, seed {run.get('seed')}",
         f"- {len(classes)} classes: {', '.join(f'`{c}`' for c in classes)}", "",
-        "## Results", "", *table, "",
+        "## Results", "", *_results_table(config), "",
         "## Training", "", *training, "",
+        *_use_and_share(folder_name, config.get("versions", {})),
+        "## Files", "",
+        f"- `{ADAPTER_CONFIG}`: PEFT's keys (`peft_type: {PEFT_TYPE}`, `base_model_name_or_path`, `revision`: the "
+        f"weights tag) and promptclip's: method, learner and loss options, class names, template, tensor shapes, "
+        f"the run's result and training settings, versions",
+        f"- `{ADAPTER_MODEL}`: the learned tensors (the run's prompts.safetensors)", "",
+    ]
+    return "\n".join(lines)
+
+
+def _front_matter(method: str, model: str) -> List[str]:
+    """The card's YAML header, as the hub reads it (library, tags, task, and the base model of a hub backbone)."""
+    front = ["---", "library_name: promptclip", f"tags: [promptclip, open_clip, clip, prompt-learning, {method}]",
+             "pipeline_tag: image-classification"]
+    if model.startswith("hf-hub:"):
+        front.append(f"base_model: {model[len('hf-hub:'):]}")
+    return front + ["---"]
+
+
+def _weights_text(config: dict) -> str:
+    """Where the backbone's weights come from, in words."""
+    model, tag = config["backbone"]["model"], config["backbone"]["pretrained"]
+    if "weights_sha256" in config:
+        return (f"the local checkpoint `{tag}` (sha256 `{config['weights_sha256']}`): put that very file in this "
+                f"folder to load the adapter")
+    if model.startswith("hf-hub:"):
+        return f"those of the Hugging Face hub repository `{model[len('hf-hub:'):]}`"
+    if tag is None:
+        return "random (seeded, the same on every machine: for tests and demos, its accuracy means nothing)"
+    return f"open_clip's `{tag}`"
+
+
+def _results_table(config: dict) -> List[str]:
+    """The run's test metrics and its evaluations', one row each, as a Markdown table."""
+    run = config["run"]
+    rows = [("test", run.get("dataset"), run.get("subsample"), run.get("test"))]
+    rows += [("evaluation", e.get("dataset"), e.get("subsample"), e.get("test")) for e in config["evaluations"]]
+    table = ["| evaluation | dataset | classes | accuracy (%) | macro-F1 (%) | seed |", "|---|---|---|---|---|---|"]
+    return table + [f"| {what} | {_cell(dataset)} | {_cell(subsample)} | {_percent(m, 'accuracy')} | "
+                    f"{_percent(m, 'macro_f1')} | {run.get('seed')} |" for what, dataset, subsample, m in rows]
+
+
+def _use_and_share(folder_name: str, made: dict) -> List[str]:
+    """The card's "Use" and "Share" sections: loading the folder with promptclip, and publishing it on the hub."""
+    return [
         "## Use", "",
         f"With promptclip {made.get('promptclip', '')} and open_clip {made.get('open_clip', '')} (or later) installed:",
         "", "```python", "import promptclip", "", f'adapter = promptclip.load_run("{folder_name}")',
@@ -180,13 +206,7 @@ def model_card(config: dict, folder_name: str) -> str:
         "on the hub, then:", "",
         "```python", "from huggingface_hub import upload_folder", "",
         f'upload_folder(repo_id="YOUR_NAME/REPO", folder_path="{folder_name}", repo_type="model")', "```", "",
-        "## Files", "",
-        f"- `{ADAPTER_CONFIG}`: PEFT's keys (`peft_type: {PEFT_TYPE}`, `base_model_name_or_path`, `revision`: the "
-        f"weights tag) and promptclip's: method, learner and loss options, class names, template, tensor shapes, "
-        f"the run's result and training settings, versions",
-        f"- `{ADAPTER_MODEL}`: the learned tensors (the run's prompts.safetensors)", "",
     ]
-    return "\n".join(lines)
 
 
 def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], overwrite: bool = False,
@@ -199,7 +219,7 @@ def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], overwrite: 
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     _, stored = finished_run(run_dir)
-    result = runs.read_result(run_dir)
+    result = run_files.read_result(run_dir)
     if result.get("fingerprint") != stored.fingerprint:
         raise PromptclipError(f"{run_dir / runs.RESULT} belongs to another run than its {runs.IDENTITY} (fingerprint "
                               f"{result.get('fingerprint')} against {stored.fingerprint}): {runs.REDO}")

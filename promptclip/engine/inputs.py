@@ -26,7 +26,7 @@ class TrainingInputs:
 
     def __init__(self, model: PromptedCLIP, items: Sequence[Item], cfg: Config, views: TrainingViews):
         self.items, self.cfg = list(items), cfg
-        self.features_only = not model.prompts_vision
+        self.features_only = not model.modifies_image_tower
         self.views = views if self.features_only or model.compares_to_frozen_images else None
         self.transform = None if self.features_only else transform_for(model.backbone, train=cfg.data.augment)
 
@@ -57,7 +57,7 @@ def evaluation_inputs(model: PromptedCLIP, items: Sequence[Item], cfg: Config, d
     """``(loader, encode)`` for :func:`~promptclip.engine.evaluation.predict_loader`: cached frozen test features
     passed through as they are when the image tower is not prompted, else images for the model's image tower."""
     batch, workers = cfg.train.eval_batch_size, cfg.data.num_workers
-    if model.prompts_vision:
+    if model.modifies_image_tower:
         return eval_loader(items, transform_for(model.backbone, train=False), batch, workers), None
     features, labels = frozen_features(model.backbone, items, cfg.output.cache_dir, batch, workers, device,
                                        precision, f"features {desc}", progress,

@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from ..backbone import FrozenCLIP, state_mismatch
+from ..backbone import FrozenCLIP
 from ..config import default_cache_dir, registered_config
 from ..errors import BackboneError, PromptclipError
 from ..learners.base import LEARNERS, StateMismatch
@@ -24,6 +24,7 @@ from ..model import ModelParts, PromptedCLIP, create_model
 from ..registry import LOSSES
 from ..runs import ADAPTER_CONFIG, ADAPTER_FORMAT, ADAPTER_MODEL, PEFT_TYPE, PROMPTS, PROMPTS_META, weights_digest
 from ..utils import atomic_write_bytes, atomic_write_json, versions
+from ..weights import state_mismatch
 
 FORMAT_VERSION = 1
 REDO = "redo that run (its training command with --replace), or pass the right run folder"
@@ -34,9 +35,11 @@ _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a num
 
 
 def prompt_tensors(model: PromptedCLIP) -> Dict[str, torch.Tensor]:
-    """Every learned tensor, keyed ``text.<name>`` / ``vision.<name>``."""
-    return {f"{side}.{key}": value.detach().float().cpu().contiguous()
-            for side, learner in model.learners().items() for key, value in learner.state_dict().items()}
+    """Every learned tensor, keyed ``text.<name>`` / ``vision.<name>``, and a loss's own (a plug-in's head)
+    ``losses.<loss>.<name>``."""
+    owners = {**model.learners(), **{f"losses.{name}": loss for name, loss in model.losses.items()}}
+    return {f"{owner}.{key}": value.detach().float().cpu().contiguous()
+            for owner, module in owners.items() for key, value in module.state_dict().items()}
 
 
 def save_prompts(model: PromptedCLIP, directory: Union[str, Path], method: str = "", extra: Optional[dict] = None):

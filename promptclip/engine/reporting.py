@@ -76,7 +76,7 @@ class RunReporter:
     # ------------------------------------------------------------------------------------------ opening, closing
     def open(self) -> None:
         """Start the W&B run (resuming the stored one on a resumed run); called once the folder is the run's own.
-        A run that starts clean drops what an earlier run in this folder reported (``runs.clear`` does too)."""
+        A run that starts clean drops what an earlier run in this folder reported (``run_files.clear`` does too)."""
         if not self.resumed:
             shutil.rmtree(self.run_dir / TENSORBOARD_DIR, ignore_errors=True)
             (self.run_dir / WANDB_RUN).unlink(missing_ok=True)

@@ -1,8 +1,8 @@
 """One run, start to finish: config → data → model → train → save prompts → evaluate → ``result.json``.
 
-The run folder's layout, file names and identity belong to :mod:`promptclip.runs`. A finished run is reused and an
-interrupted one resumed only for the same settings; one process at a time writes a run folder, and appends the run's
-log lines to its ``log.txt``.
+The run folder's key, layout, file names and identity belong to :mod:`promptclip.runs`, reading its files to
+:mod:`promptclip.run_files`. A finished run is reused and an interrupted one resumed only for the same settings; one
+process at a time writes a run folder, and appends the run's log lines to its ``log.txt``.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 import torch
 import yaml
 
-from .. import runs
+from .. import run_files, runs
 from ..backbone import FrozenCLIP
 from ..callbacks import build_callbacks
 from ..config import Config, load_resolved, to_yaml
@@ -28,12 +28,12 @@ from ..data.reading import load_dataset
 from ..errors import ConfigError, PromptclipError, TrainingError, UnregisteredInConfig
 from ..hooks import PrepareContext
 from ..model import ModelParts, PromptedCLIP, create_model
-from ..registry import LEARNERS
 from ..utils import atomic_write_json, seed_everything, versions
 from .cache import TrainingViews, frozen_features
 from .distributed import Distributed
 from .evaluation import metrics_from_predictions, predict_loader
 from .inputs import TrainingInputs, evaluation_inputs
+from .linear_probe import fit_linear_probe
 from .reporting import RunReporter
 from .setup import RunSetup, Silent
 from ..devices import resolve_device, resolve_precision
@@ -110,8 +110,12 @@ def load_backbone(cfg: Config, device: torch.device) -> FrozenCLIP:
 
 
 def run(cfg: Config, progress: bool = True, on_epoch_end: Optional[Callable[[int], None]] = None,
-        backbone: Optional[FrozenCLIP] = None, distributed=None, replace: bool = False) -> dict:
+        backbone: Optional[FrozenCLIP] = None, distributed=None, replace: bool = False,
+        key: Optional[runs.RunKey] = None) -> dict:
     """Train and evaluate one configuration; returns (and writes) its result.
+
+    ``key`` names the run in its result (a sweep's, with its protocol's names and grid point); by default the
+    config's own (:meth:`promptclip.runs.RunKey.of`).
 
     A finished run with the same settings is read back; an interrupted one resumes. A folder holding a run made with
     other settings is an error (``replace=True`` deletes that run first). A run that fails before it trains leaves
@@ -136,7 +140,7 @@ def run(cfg: Config, progress: bool = True, on_epoch_end: Optional[Callable[[int
         log.setLevel(logging.INFO)
     try:
         with _console(progress and not quiet):
-            return _run_locked(cfg, progress and not quiet, on_epoch_end, backbone, distributed, replace)
+            return _run_locked(cfg, progress and not quiet, on_epoch_end, backbone, distributed, replace, key)
     finally:
         log.setLevel(level)
         if joined:
@@ -160,33 +164,33 @@ def _console(progress: bool):
         log.removeHandler(handler)
 
 
-def _run_locked(cfg: Config, progress: bool, on_epoch_end, backbone, distributed, replace: bool) -> dict:
+def _run_locked(cfg: Config, progress: bool, on_epoch_end, backbone, distributed, replace: bool,
+                key: Optional[runs.RunKey]) -> dict:
     if cfg.text is None:
         raise ConfigError("No text learner: set text.name (coop, zeroshot, ...) or use a preset (-c coop).")
     cfg = runs.resolve(cfg)
+    key = key or runs.RunKey.of(cfg)
     run_dir = runs.default_run_dir(cfg)
     identity = runs.Identity.of(cfg)
     is_main = distributed is None or distributed.is_main
-    lock = runs.RunLock(run_dir)
+    lock = run_files.RunLock(run_dir)
     with lock if is_main else contextlib.nullcontext(), _run_log(run_dir if is_main else None) as own:
-        state = _claim(run_dir, identity, replace, distributed,
-                       lambda stored: data_change(cfg, run_dir, stored))
+        state = _claim(run_dir, identity, replace, distributed, lambda stored: data_change(cfg, run_dir, stored))
         if state.status == "done":
             log.info("%s already finished on %s with these settings; reusing its result.", run_dir,
                      state.result.get("finished_at", "an earlier date"))
             return state.result if is_main else {}
         try:  # the reporter checks its packages first: a missing one fails before anything is written
-            reporter = RunReporter(cfg, run_dir, state.status == "resume") if is_main and cfg.output.report_to \
-                else None
+            reporter = RunReporter(cfg, run_dir, state.status == "resume") if is_main and cfg.output.report_to else None
             with console_through_bars(show_bars(progress)), reporter or contextlib.nullcontext():
-                return _run(cfg, run_dir, identity, state, is_main, progress, on_epoch_end, backbone, distributed,
-                            own, reporter)
+                return _run(cfg, key, run_dir, identity, state, is_main, progress, on_epoch_end, backbone,
+                            distributed, own, reporter)
         except BaseException as err:
             if is_main and (run_dir / runs.IDENTITY).is_file():
                 if isinstance(err, TrainingError):
                     atomic_write_json(run_dir / runs.FAILED, {"error": str(err), "at": runs.now()})
             elif is_main:  # stopped before the folder became this run's: take back what it wrote
-                runs.clear(run_dir)
+                run_files.clear(run_dir)
                 lock.leave_nothing()
             raise
 
@@ -216,12 +220,12 @@ def _run_log(run_dir: Optional[Path]):
 
 
 def _claim(run_dir: Path, identity: runs.Identity, replace: bool, distributed,
-           changed_data: Callable[[runs.Identity], Optional[str]]) -> runs.RunState:
+           changed_data: Callable[[runs.Identity], Optional[str]]) -> run_files.RunState:
     """Decide (on the main process) whether the folder is reused, resumed, or started clean; share the decision.
     ``replace`` starts clean whatever the folder holds; a finished run is reused only if ``changed_data(stored)``
     finds its training data as it read it."""
-    def decide() -> runs.RunState:
-        state = runs.run_state(run_dir, identity)
+    def decide() -> run_files.RunState:
+        state = run_files.run_state(run_dir, identity)
         if replace:
             if state.status != "new":
                 log.warning("Replacing the run in %s (--replace).", run_dir)
@@ -231,7 +235,7 @@ def _claim(run_dir: Path, identity: runs.Identity, replace: bool, distributed,
         elif state.status == "other" and state.failure is not None:
             log.info("%s holds a failed run with other settings; starting clean.", run_dir)
         elif state.status == "other":
-            raise runs.RunMismatch(runs.mismatch_message(state))
+            raise runs.RunMismatch(run_files.mismatch_message(state))
         elif state.status == "corrupt" and state.stored is not None:
             log.warning("%s Its settings are the same: redoing it now.", state.problem)
         elif state.status == "corrupt":
@@ -243,8 +247,8 @@ def _claim(run_dir: Path, identity: runs.Identity, replace: bool, distributed,
             (run_dir / runs.FAILED).unlink(missing_ok=True)
             state.status = "resume"
         if state.status in ("other", "corrupt", "new"):
-            runs.clear(run_dir)
-            state = runs.RunState("new", run_dir)
+            run_files.clear(run_dir)
+            state = run_files.RunState("new", run_dir)
         return state
 
     if distributed is None:
@@ -265,12 +269,12 @@ _NOT_REUSED = ("It is neither reused nor resumed. Redo it on the data as it is n
                "results and checkpoint), or keep it and give the new run a folder of its own (output.dir=NEW_FOLDER).")
 
 
-def _elapsed_before(run_dir: Path, state: runs.RunState) -> float:
+def _elapsed_before(run_dir: Path, state: run_files.RunState) -> float:
     """Seconds the earlier segments of a resumed run spent (0 for a new one, or when the record is unreadable)."""
     if state.status != "resume":
         return 0.0
     try:
-        record = runs.read_json(run_dir / runs.ELAPSED, "a run's elapsed time", ("seconds",))
+        record = run_files.read_json(run_dir / runs.ELAPSED, "a run's elapsed time", ("seconds",))
     except runs.CorruptFile as err:
         log.warning("%s Counting train_seconds from this segment only.", err)
         return 0.0
@@ -278,9 +282,9 @@ def _elapsed_before(run_dir: Path, state: runs.RunState) -> float:
     return float(seconds) if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else 0.0
 
 
-def _run(cfg: Config, run_dir: Path, identity: runs.Identity, state: runs.RunState, is_main: bool, progress: bool,
-         on_epoch_end: Optional[Callable[[int], None]], backbone: Optional[FrozenCLIP], distributed,
-         own: Callable[[], None], reporter: Optional[RunReporter] = None) -> dict:
+def _run(cfg: Config, key: runs.RunKey, run_dir: Path, identity: runs.Identity, state: run_files.RunState,
+         is_main: bool, progress: bool, on_epoch_end: Optional[Callable[[int], None]], backbone: Optional[FrozenCLIP],
+         distributed, own: Callable[[], None], reporter: Optional[RunReporter] = None) -> dict:
     device = distributed.device if distributed is not None else resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     bars = show_bars(progress)
@@ -292,21 +296,16 @@ def _run(cfg: Config, run_dir: Path, identity: runs.Identity, state: runs.RunSta
         raise runs.RunMismatch(f"{changed}\n{_NOT_REUSED}")
     shortfall_field = {"shortfall": short} if short is not None else {}
     backbone = backbone if backbone is not None else load_backbone(cfg, device)
-    closed_form = LEARNERS.get(cfg.text.name)
-    if closed_form.fits_in_closed_form:  # e.g. the linear probe: fitted on frozen features instead of prompts
+    if cfg.text.fits_in_closed_form:  # the linear probe: fitted on frozen features instead of prompts
         if cfg.vision is not None or cfg.losses or cfg.callbacks:
             raise ConfigError(f"{cfg.text.name} is fitted in closed form on frozen features: it takes no vision "
                               f"learner, losses or callbacks. Remove them (vision=null losses={{}} callbacks={{}}).")
         if not is_main:
             return {}
-        runs.write_identity(run_dir, identity, to_yaml(cfg))
-        own()
-        if reporter is not None:
-            reporter.open()
-        fields = closed_form.fit(cfg, backbone, dataset, device, precision, run_dir, bars)
-        return _finish(run_dir, cfg, identity, dataset, {**shortfall_field, **fields, "precision": precision,
-                                                         "train_seconds": round(time.time() - started, 2)},
-                       reporter)
+        _take_folder(run_dir, identity, cfg, own, reporter)
+        fields = fit_linear_probe(cfg, backbone, dataset, device, precision, run_dir, bars)
+        fields = {**shortfall_field, **fields, "precision": precision, "train_seconds": round(time.time() - started, 2)}
+        return _finish(run_dir, cfg, key, identity, dataset, fields, reporter)
     setup = RunSetup(cfg, device, precision, run_dir, progress, distributed, reporter or Silent())
     views = TrainingViews(backbone, dataset.train, cfg.seed, cfg.train.views, cfg.data.augment,
                           cfg.train.eval_batch_size, cfg.data.num_workers, device, precision,
@@ -320,22 +319,13 @@ def _run(cfg: Config, run_dir: Path, identity: runs.Identity, state: runs.RunSta
     for callback in callbacks.values():
         callback.prepare(context, model)
     if is_main:  # everything loaded: from here on the folder belongs to these settings
-        runs.write_identity(run_dir, identity, to_yaml(cfg))
-        own()
-        if reporter is not None:
-            reporter.open()
+        _take_folder(run_dir, identity, cfg, own, reporter)
     last = {}
-
-    def epoch_done(epoch: int) -> None:
-        if is_main:
-            atomic_write_json(run_dir / runs.ELAPSED, {"seconds": round(time.time() - started, 2)})
-        if on_epoch_end is not None:
-            on_epoch_end(epoch)
-
     if cfg.train.epochs > 0 and not model.trainable_parameters():
         log.info("%s has no parameters to train: evaluating only.", cfg.method_name)
     elif cfg.train.epochs > 0:
-        last = train(model, TrainingInputs(model, dataset.train, cfg, views), setup, callbacks, epoch_done)
+        last = train(model, TrainingInputs(model, dataset.train, cfg, views), setup, callbacks,
+                     _epoch_recorder(run_dir, started, is_main, on_epoch_end))
     chosen = {}
     for side, learner in model.learners().items():
         learner.after_training(context)
@@ -348,15 +338,36 @@ def _run(cfg: Config, run_dir: Path, identity: runs.Identity, state: runs.RunSta
     if not is_main:
         return {}
     save_prompts(model, run_dir, cfg.method_name, {"dataset": dataset.name, "subsample": cfg.data.subsample})
-    return _finish(run_dir, cfg, identity, dataset, fields, reporter)
+    return _finish(run_dir, cfg, key, identity, dataset, fields, reporter)
 
 
-def _finish(run_dir: Path, cfg: Config, identity: runs.Identity, dataset: Dataset, fields: dict,
+def _take_folder(run_dir: Path, identity: runs.Identity, cfg: Config, own: Callable[[], None], reporter) -> None:
+    """The folder becomes this run's: its identity and config written, its log file and reporter opened."""
+    run_files.write_identity(run_dir, identity, to_yaml(cfg))
+    own()
+    if reporter is not None:
+        reporter.open()
+
+
+def _epoch_recorder(run_dir: Path, started: float, is_main: bool, on_epoch_end) -> Callable[[int], None]:
+    """After each epoch: the run's seconds so far (a resumed run counts on from them), then ``on_epoch_end``."""
+    def epoch_done(epoch: int) -> None:
+        if is_main:
+            atomic_write_json(run_dir / runs.ELAPSED, {"seconds": round(time.time() - started, 2)})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+
+    return epoch_done
+
+
+def _finish(run_dir: Path, cfg: Config, key: runs.RunKey, identity: runs.Identity, dataset: Dataset, fields: dict,
             reporter: Optional[RunReporter] = None) -> dict:
-    """Write ``result.json`` (the run's identity, then ``fields``), drop the checkpoint, report the result."""
+    """Write ``result.json`` (the run's key and identity, then ``fields``), drop the checkpoint, report the result.
+    Its ``dataset`` is the data's own name (what a report without a manifest shows for results without a key); the
+    key's is the folder's label."""
     result = {
-        "method": cfg.method_name, "dataset": dataset.name, "subsample": cfg.data.subsample,
-        "shots": cfg.data.shots, "seed": cfg.seed, "model": cfg.model.name, "pretrained": cfg.model.pretrained,
+        "method": key.method, "dataset": dataset.name, "subsample": key.subsample, "shots": key.shots,
+        "seed": key.seed, "model": cfg.model.name, "pretrained": cfg.model.pretrained, "key": key.to_json(),
         "fingerprint": identity.fingerprint, "num_classes": dataset.num_classes,
         "num_train_images": len(dataset.train), "draw_checksum": dataset_checksum(dataset), **fields,
         "versions": versions(), "finished_at": runs.now(),
@@ -431,6 +442,7 @@ def evaluate_run(run_dir: Union[str, Path], overrides: Sequence[str] = (), progr
     """
     run_dir = Path(run_dir)
     base, stored = finished_run(run_dir)
+    key = finished_key(run_dir)
     cfg = evaluation_config(base, overrides, str(run_dir))
     identity = runs.eval_identity(cfg, stored.fingerprint)
     out = runs.eval_file(run_dir, label or runs.dataset_label(cfg), cfg.data.subsample, identity)
@@ -438,8 +450,8 @@ def evaluate_run(run_dir: Union[str, Path], overrides: Sequence[str] = (), progr
     def evaluate() -> dict:
         dataset = prepare_data(cfg, shots=0, split_dir=run_dir)
         metrics = evaluate_prompts(run_dir, cfg, dataset, "test", progress)
-        return {"run": str(run_dir), "method": cfg.method_name, "dataset": dataset.name,
-                "label": label or runs.dataset_label(cfg), "subsample": cfg.data.subsample, "seed": cfg.seed,
+        return {"run": str(run_dir), "key": key.to_json(), "method": key.method, "dataset": dataset.name,
+                "label": label or runs.dataset_label(cfg), "subsample": cfg.data.subsample, "seed": key.seed,
                 "fingerprint": identity.fingerprint, "settings": identity.settings, "test": metrics,
                 "finished_at": runs.now()}
 
@@ -448,26 +460,31 @@ def evaluate_run(run_dir: Union[str, Path], overrides: Sequence[str] = (), progr
 
 def finished_run(run_dir: Path) -> Tuple[Config, runs.Identity]:
     """A finished run's saved config and identity, or an error saying to finish it."""
-    runs.refuse_links(run_dir)
+    run_files.refuse_links(run_dir)
     base = read_run_config(run_dir)
-    stored = runs.read_identity(run_dir)
-    if stored is None or runs.read_result(run_dir) is None:
+    stored = run_files.read_identity(run_dir)
+    if stored is None or run_files.read_result(run_dir) is None:
         raise PromptclipError(f"{run_dir} has not finished training (no {runs.RESULT if stored else runs.IDENTITY}): "
                               f"run its train command first; it resumes where it stopped.")
     return base, stored
+
+
+def finished_key(run_dir: Path) -> runs.RunKey:
+    """The key a finished run's ``result.json`` records (:func:`promptclip.run_files.result_key`)."""
+    return run_files.result_key(run_files.read_result(run_dir), run_dir)
 
 
 def stored_evaluation(run_dir: Path, out: Path, metrics_key: str, force: bool, evaluate: Callable[[], dict]) -> dict:
     """The evaluation stored in ``out`` (with ``"cached": true``) unless ``force`` or it is missing or damaged;
     otherwise ``evaluate()``, run while holding the run's lock, written to ``out``."""
     try:
-        cached = runs.read_scored(out, "an evaluation result", metrics_key) if not force else None
+        cached = run_files.read_scored(out, "an evaluation result", metrics_key) if not force else None
     except runs.CorruptFile as err:
         log.warning("%s Evaluating again.", err)
         cached = None
     if cached is not None:
         return {**cached, "cached": True}
-    with runs.RunLock(run_dir):
+    with run_files.RunLock(run_dir):
         evaluation = evaluate()
         atomic_write_json(out, evaluation)
     return evaluation

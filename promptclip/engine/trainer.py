@@ -1,5 +1,6 @@
-"""The training loop: SGD/AdamW, warm-up + cosine per epoch, autocast, accumulation, resumable checkpoints, and its
-progress (log lines, which go to the run's log.txt, and on a terminal bars that show them on the console)."""
+"""The training loop: SGD/Adam/AdamW, warm-up + cosine per epoch or step, autocast, accumulation, a loss's own
+gradient rule, resumable checkpoints, and its progress (log lines, which go to the run's log.txt, and on a terminal
+bars that show them on the console)."""
 from __future__ import annotations
 
 import contextlib
@@ -31,24 +32,33 @@ LINE_EVERY_STEPS = 20  # off a terminal, a progress line every this many steps (
 LINE_EVERY_SECONDS = 30.0  # ... or after this many seconds, whichever comes first
 
 
-def lr_at(cfg: OptimConfig, epoch: int, epochs: int) -> float:
-    """The reference schedule: ``warmup_epochs`` at ``warmup_lr``, then cosine over ``epochs`` shifted by the
-    warm-up (stepped per epoch, so the last epoch never reaches 0)."""
+def lr_at(cfg: OptimConfig, epoch: int, epochs: int, step: int = 0, steps: int = 1) -> float:
+    """The reference schedule: ``warmup_epochs`` at ``warmup_lr``, then cosine from ``lr`` to ``min_lr`` over
+    ``epochs`` shifted by the warm-up: per epoch (Dassl: the last epoch never reaches ``min_lr``), or with
+    ``schedule_unit: step`` per optimiser step, ``step`` of the ``steps`` in each epoch (CLIP-LoRA's
+    CosineAnnealingLR)."""
     if epoch < cfg.warmup_epochs:
         return cfg.warmup_lr
     if cfg.scheduler == "constant":
         return cfg.lr
-    if cfg.scheduler != "cosine":
-        raise ConfigError(f"optim.scheduler must be cosine or constant, not {cfg.scheduler!r}.")
-    return 0.5 * cfg.lr * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / epochs))
+    done, total = epoch - cfg.warmup_epochs, epochs
+    if cfg.schedule_unit == "step":
+        done, total = done * steps + step, (epochs - cfg.warmup_epochs) * steps
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * done / total))
 
 
-def build_optimizer(cfg: OptimConfig, params: List[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def build_optimizer(cfg: OptimConfig, groups: List[dict]) -> torch.optim.Optimizer:
+    """The optimiser over parameter ``groups`` (``{"params": [...], "lr_scale": s}``: a group's rate is the
+    schedule's times ``lr_scale``)."""
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    raise ConfigError(f"optim.name must be sgd or adamw, not {cfg.name!r}.")
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    adam = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+    return adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -286,32 +296,33 @@ def train(model: PromptedCLIP, inputs: TrainingInputs, setup: RunSetup, callback
     params = model.trainable_parameters()
     if not params:
         raise ConfigError(f"{cfg.method_name} has nothing to train; set train.epochs=0 to only evaluate.")
-    optimizer = build_optimizer(cfg.optim, params)
+    optimizer = build_optimizer(cfg.optim, model.parameter_groups())
     scaler = torch.amp.GradScaler("cuda", enabled=setup.precision == "fp16")
     checkpoint = Checkpoint(setup.run_dir / CHECKPOINT, model, optimizer, scaler, callbacks)
     start = saved = checkpoint.restore(device)  # epochs already trained; those in the checkpoint on disk
     _keep_metrics_before(setup, start)
     forward = setup.distributed.wrap(model) if setup.distributed is not None else model
-    shown, accum, last = Progress(setup.progress, f"train {cfg.method_name}", start, tc.epochs), tc.accum_steps, {}
+    shown, last = Progress(setup.progress, f"train {cfg.method_name}", start, tc.epochs), {}
+    stepper = Stepper(model, params, optimizer, scaler, tc.accum_steps)
     setup.reporter.begin(start, len(epoch_batches(start, len(inputs), setup)[0]))
     try:
         for epoch in range(start, tc.epochs):
-            lr, started, meter = _start_epoch(epoch, optimizer, setup), time.time(), EpochMeter()
             batches, cut_short = epoch_batches(epoch, len(inputs), setup)
+            lr, started, meter = _start_epoch(epoch, optimizer, setup), time.time(), EpochMeter()
+            updates = math.ceil(len(batches) / tc.accum_steps)
             model.train()
             shown.start_epoch(epoch, len(batches), lr)
             for step, (kwargs, labels) in enumerate(inputs.epoch(epoch, batches, cut_short)):
+                if cfg.optim.schedule_unit == "step" and step % tc.accum_steps == 0:
+                    lr = lr_at(cfg.optim, epoch, tc.epochs, step // tc.accum_steps, updates)
+                    set_lr(optimizer, lr)
                 labels = labels.to(device, non_blocking=True)
                 with autocast(device, setup.precision):
                     out = forward(labels=labels, **{k: v.to(device, non_blocking=True) for k, v in kwargs.items()})
                 loss_value = float(out.loss.detach())  # the step's one device sync, also the logged value
                 if not math.isfinite(loss_value):
                     raise _non_finite(f"The loss became {loss_value}", epoch, step, len(batches), saved, setup)
-                scaler.scale(out.loss / accum).backward()
-                if (step + 1) % accum == 0 or step + 1 == len(batches):
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
+                stepper.backward(out, last_of_update=(step + 1) % tc.accum_steps == 0 or step + 1 == len(batches))
                 meter.add(loss_value, out, labels)
                 setup.reporter.step(epoch, step, loss_value, lr)
                 shown.step(step, meter.loss, meter.accuracy)
@@ -329,11 +340,50 @@ def train(model: PromptedCLIP, inputs: TrainingInputs, setup: RunSetup, callback
     return last
 
 
+class Stepper:
+    """Backward passes and optimiser steps, with accumulation and the grad scaler. A model whose loss declares a
+    gradient rule (:attr:`~promptclip.losses.ExtraLoss.gradient_rule`, ProGrad) gets that loss's gradient
+    separately (``autograd.grad``, accumulated like the main one, averaged over DDP processes) and the rule combines
+    it with the main gradient, unscaled, before each step."""
+
+    def __init__(self, model: PromptedCLIP, params: List[torch.nn.Parameter], optimizer, scaler, accum: int):
+        self.params, self.optimizer, self.scaler, self.accum = params, optimizer, scaler, accum
+        self.rule = model.gradient_rule()
+        self.own: Optional[List[Optional[torch.Tensor]]] = None
+
+    def backward(self, out, last_of_update: bool) -> None:
+        if self.rule is not None:
+            grads = torch.autograd.grad(self.scaler.scale(out.separate / self.accum), self.params,
+                                        retain_graph=True, allow_unused=True)
+            self.own = list(grads) if self.own is None else [
+                g if a is None else a if g is None else a + g for a, g in zip(self.own, grads)]
+        self.scaler.scale(out.loss / self.accum).backward()
+        if last_of_update:
+            if self.rule is not None:
+                self._combine()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def _combine(self) -> None:
+        self.scaler.unscale_(self.optimizer)
+        scale = float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        for param, own in zip(self.params, self.own):
+            if own is None or param.grad is None:
+                continue
+            own = own / scale
+            if distributed:
+                torch.distributed.all_reduce(own)
+                own /= torch.distributed.get_world_size()
+            param.grad = self.rule.combine_gradients(param.grad, own)
+        self.own = None
+
+
 def _start_epoch(epoch: int, optimizer: torch.optim.Optimizer, setup: RunSetup) -> float:
     """Set the epoch's learning rate and the global random stream (prompt dropout); returns the rate."""
     lr = lr_at(setup.cfg.optim, epoch, setup.cfg.train.epochs)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    set_lr(optimizer, lr)
     torch.manual_seed(epoch_seed(setup.cfg.seed, epoch))
     optimizer.zero_grad(set_to_none=True)
     return lr

@@ -15,7 +15,7 @@ from .. import runs
 from ..config import Config
 from ..data.base import Dataset
 from ..errors import ConfigError, PromptclipError
-from .runner import evaluate_prompts, finished_run, prepare_data, stored_evaluation
+from .runner import evaluate_prompts, finished_key, finished_run, prepare_data, stored_evaluation
 
 #: the "dataset" part of a validation file's name (``evals/validation-all-1a2b3c4d.json``)
 LABEL = "validation"
@@ -57,6 +57,7 @@ def validate_run(run_dir: Union[str, Path], progress: bool = True, force: bool =
     result for the same settings is returned (with ``"cached": true``) unless ``force``."""
     run_dir = Path(run_dir)
     cfg, stored = finished_run(run_dir)
+    key = finished_key(run_dir)
     identity = validation_identity(cfg, stored.fingerprint)
     if not (run_dir / runs.PROMPTS).is_file():
         raise PromptclipError(f"{run_dir} has no {runs.PROMPTS}: only prompt runs can be validated (a linear probe "
@@ -66,8 +67,8 @@ def validate_run(run_dir: Union[str, Path], progress: bool = True, force: bool =
         dataset = prepare_data(cfg, split_dir=run_dir)
         check_validation_split(dataset)
         metrics = evaluate_prompts(run_dir, cfg, dataset, "val", progress)
-        return {"run": str(run_dir), "split": "val", "method": cfg.method_name, "dataset": dataset.name,
-                "subsample": cfg.data.subsample, "shots": cfg.data.shots, "seed": cfg.seed,
+        return {"run": str(run_dir), "key": key.to_json(), "split": "val", "method": key.method,
+                "dataset": dataset.name, "subsample": key.subsample, "shots": key.shots, "seed": key.seed,
                 "num_images": len(dataset.val), "fingerprint": identity.fingerprint, "settings": identity.settings,
                 "val": metrics, "finished_at": runs.now()}
 

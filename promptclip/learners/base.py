@@ -12,33 +12,21 @@ keeps in tensors that are saved with it (``data_shaped`` names those whose size 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from ..backbone import Architecture, FrozenCLIP, VisionPrompts, state_mismatch
+from ..backbone import BlockAdapter, FrozenCLIP, VisionPrompts
 from ..errors import ConfigError
+from ..options.base import LearnerConfig
 from ..registry import LEARNERS
+from ..architecture import Architecture
+from ..weights import state_mismatch
 
 
 class StateMismatch(ValueError):
     """Saved tensors that do not fit the learner they are loaded into (names and shapes in the message)."""
-
-
-@dataclass
-class LearnerConfig:
-    """Options every learner has; subclasses add their own fields."""
-
-    #: the learner trains on (or fits to) the few-shot training split; false runs need no shot count
-    uses_training_data: ClassVar[bool] = True
-    name: str = ""
-
-    @property
-    def transfers_to_new_classes(self) -> bool:
-        """Whether what it learns applies to classes it was not trained on (base-to-new, cross-dataset)."""
-        return True
 
 
 class Learner(nn.Module):
@@ -48,19 +36,7 @@ class Learner(nn.Module):
     sides: ClassVar[Tuple[str, ...]] = ("text",)
     #: class features depend on the image features (CoCoOp): they cannot be computed once per evaluation
     image_conditioned: ClassVar[bool] = False
-    #: trained by :meth:`fit` on frozen features in closed form (the linear probe) instead of by gradient steps on
-    #: prompts; such a learner is a method of its own, with no prompts to combine or save
-    fits_in_closed_form: ClassVar[bool] = False
 
-    @classmethod
-    def fit(cls, cfg, backbone: FrozenCLIP, dataset, device: torch.device, precision: str, run_dir, progress: bool
-            ) -> dict:
-        """Fit a closed-form learner (``fits_in_closed_form``) on ``dataset``, save it in ``run_dir`` and return its
-        result fields (``test`` metrics included when ``cfg.train.evaluate``)."""
-        raise NotImplementedError(f"{cls.__name__} trains by gradient steps, not in closed form.")
-
-    #: uses the training data only in :meth:`prepare` (a cache model, class statistics): nothing to train by gradient
-    training_free: ClassVar[bool] = False
     #: state entries (top-level parameters or buffers) whose first dimension comes from the training data (a cache
     #: of N keys): sized from the saved tensors when a run is loaded; the other dimensions must match
     data_shaped: ClassVar[Tuple[str, ...]] = ()
@@ -103,6 +79,10 @@ class Learner(nn.Module):
 
     def vision_prompts(self, backbone: FrozenCLIP) -> Optional[VisionPrompts]:
         """Prompt tokens for the image tower, or None."""
+        return None
+
+    def vision_adapters(self, backbone: FrozenCLIP) -> Optional[Dict[int, BlockAdapter]]:
+        """Changes of the image tower's attention projections by block index (CLIP-LoRA's deltas), or None."""
         return None
 
     def prepare(self, context) -> None:

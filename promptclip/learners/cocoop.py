@@ -2,38 +2,18 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import bounded
 from ..errors import ConfigError
-from .base import LEARNERS, Learner, LearnerConfig
-from .prompts import ClassPrompts, check_init_words, initial_context
+from ..options.learners import CoCoOpConfig
+from .base import LEARNERS, Learner
+from .prompts import ClassPrompts, initial_context
 
 #: activation floats kept per token and text layer in a forward + backward (qkv, attention, 4× MLP, norms, residuals)
 FLOATS_PER_TOKEN_LAYER = 20
-
-
-@dataclass
-class CoCoOpConfig(LearnerConfig):
-    name: str = "cocoop"
-    n_ctx: int = bounded(4, ge=1)
-    #: the first n_ctx words start the context (the rest stay as fixed text); null: N(0, init_std²)
-    init: Optional[str] = "a photo of a"
-    init_std: float = bounded(0.02, gt=0)
-    #: image × class prompts per text-encoder call; 0 derives it from memory_budget_mb
-    chunk_size: int = bounded(0, ge=0)
-    #: memory one text-encoder call may use (an estimate from widths, lengths and layers)
-    memory_budget_mb: float = bounded(1024.0, gt=0)
-    #: recompute each chunk in the backward pass, so training keeps one chunk's activations instead of all B × C
-    checkpoint: bool = False
-
-    def __post_init__(self):
-        check_init_words(self.n_ctx, self.init)
 
 
 @LEARNERS.register("cocoop")

@@ -2,44 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
 
-from ..config import bounded
 from ..errors import ConfigError
-from .base import LEARNERS, Learner, LearnerConfig
-from .prompts import ClassPrompts, Position, context_from_words
-
-#: context vectors without text.init
-DEFAULT_N_CTX = 16
-
-
-@dataclass
-class CoOpConfig(LearnerConfig):
-    name: str = "coop"
-    #: context vectors; null: as many as text.init has tokens (resolved when the model is built), else 16
-    n_ctx: Optional[int] = bounded(None, ge=1)
-    #: initialise the context from these words ("a photo of a"): one vector per token, so n_ctx must match
-    init: Optional[str] = None
-    #: one context per class (CSC) instead of one shared context
-    class_specific: bool = False
-    #: where the class name goes: end, middle or front
-    position: Position = "end"
-    init_std: float = bounded(0.02, gt=0)
-
-    @property
-    def transfers_to_new_classes(self) -> bool:
-        return not self.class_specific  # one context per training class
-
-    def __post_init__(self):
-        if self.init and self.class_specific:
-            raise ConfigError("Class-specific context (text.class_specific=true) starts from random vectors; "
-                              "remove text.init or set text.class_specific=false.")
-        if self.n_ctx is None and not self.init:
-            self.n_ctx = DEFAULT_N_CTX
+from ..options.learners import CoOpConfig
+from .base import LEARNERS, Learner
+from .prompts import ClassPrompts, context_from_words
 
 
 @LEARNERS.register("coop")

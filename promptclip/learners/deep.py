@@ -5,19 +5,17 @@ input and, before each deeper layer ``i``, replaces the same slots with layer ``
 """
 from __future__ import annotations
 
-from typing import Dict, List, Literal, Optional, get_args
+from typing import Dict, List, Optional, get_args
 
 import torch
 from torch import nn
 
 from ..backbone import FrozenCLIP
 from ..errors import ConfigError
+from ..options.base import Init
 from .base import Learner
 from .prompts import ClassPrompts, initial_context
 
-#: prompt token init: N(0, scale²) or U(−scale, scale)
-Init = Literal["normal", "uniform"]
-INITS = get_args(Init)
 
 
 def depth_problems(depth: int, num_layers: Optional[int], option: str, tower: str) -> List[str]:
@@ -41,8 +39,8 @@ class LayerPrompts(nn.Module):
 
     def __init__(self, layers: range, n: int, width: int, init: str = "normal", scale: float = 0.02):
         super().__init__()
-        if init not in INITS:
-            raise ConfigError(f"Prompt init must be one of {INITS}, not {init!r}.")
+        if init not in get_args(Init):
+            raise ConfigError(f"Prompt init must be one of {get_args(Init)}, not {init!r}.")
         if n < 1:
             raise ConfigError(f"Prompts need at least one token per layer, got {n}.")
         tokens = torch.empty(len(layers), n, width)

@@ -8,37 +8,16 @@ templates and saved with the rest of its state, so a loaded run needs no text to
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import ClassVar, List, Literal, Sequence
+from typing import ClassVar, List, Sequence
 
 import torch
 
 from ..errors import ConfigError
-from ..templates import COOP_ENSEMBLE, TemplateChoice, check_templates, fill, resolve_templates
-from .base import Learner, LearnerConfig
+from ..options.base import FeatureMethodConfig
+from ..templates import COOP_ENSEMBLE, fill, resolve_templates
+from .base import Learner
 
 log = logging.getLogger("promptclip")
-
-#: fixed: the published defaults, no validation data read; val: the reference's search on the few-shot validation
-#: split (min(shots, 4) per class, as CoOp draws it), never on test
-HyperParameters = Literal["fixed", "val"]
-
-
-@dataclass
-class FeatureMethodConfig(LearnerConfig):
-    """Options every method on features has."""
-
-    #: the zero-shot class weights' templates: "dataset" (the method's reference choice for the dataset), a named
-    #: set ("ensemble", "imagenet80", "imagenet60") or a list of templates with one "{}" each
-    templates: TemplateChoice = "dataset"
-    hparams: HyperParameters = "fixed"
-
-    @property
-    def transfers_to_new_classes(self) -> bool:
-        return False  # built from the training classes' features
-
-    def __post_init__(self):
-        check_templates(self.templates, "text.templates")
 
 
 def imagenet_ensemble(dataset: str, template: str, with_photo: bool = False) -> List[str]:

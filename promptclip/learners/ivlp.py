@@ -1,34 +1,12 @@
 """IVLP (MaPLe's baseline): independent deep prompts on the text and image towers, no coupling."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 from ..backbone import VisionPrompts
-from ..config import bounded
-from ..errors import ConfigError
-from .base import LEARNERS, LearnerConfig, check_architecture
+from ..options.learners import IVLPConfig
+from .base import LEARNERS, check_architecture
 from .deep import DeepTextLearner, LayerPrompts, depth_problems, vision_problems
-from .prompts import check_init_words
-
-
-@dataclass
-class IVLPConfig(LearnerConfig):
-    name: str = "ivlp"
-    #: learned text tokens per layer, right after SOS
-    n_text: int = bounded(2, ge=1)
-    #: the first n_text words start the context; the rest stay as fixed text ("of a" for n_text=2)
-    init: Optional[str] = "a photo of a"
-    #: prompted text layers, from the input
-    text_depth: int = bounded(12, ge=1)
-    #: learned vision tokens per layer, after the patch tokens; 0 prompts the text tower only
-    n_vision: int = bounded(2, ge=0)
-    #: prompted vision layers, from the input
-    vision_depth: int = bounded(12, ge=1)
-    init_std: float = bounded(0.02, gt=0)
-
-    def __post_init__(self):
-        check_init_words(self.n_text, self.init, "text.n_text")
 
 
 @LEARNERS.register("ivlp")
@@ -54,9 +32,6 @@ class IVLP(DeepTextLearner):
 
     def __init__(self, cfg, backbone, classnames, template="a photo of a {}.", dataset=""):
         super().__init__(cfg, backbone, classnames, template, dataset)
-        if cfg.n_text < 1:
-            raise ConfigError("IVLP needs text prompts (text.n_text >= 1). For vision-only deep prompting use "
-                              "text.name=zeroshot with vision.name=vpt (preset vpt_deep_clip).")
         if cfg.n_vision > 0:
             backbone.require_vision_prompts("IVLP vision prompts")
         check_architecture(backbone.architecture, cfg)

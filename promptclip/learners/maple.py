@@ -2,38 +2,13 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Literal, Optional, get_args
 
 from torch import nn
 
 from ..backbone import VisionPrompts
-from ..config import bounded
-from ..errors import ConfigError
-from .base import LEARNERS, LearnerConfig, check_architecture
+from ..options.learners import MaPLeConfig
+from .base import LEARNERS, check_architecture
 from .deep import DeepTextLearner, depth_problems, vision_problems
-from .prompts import check_init_words
-
-#: how MaPLe's couplings start: layers 1..J−1 as copies of one draw (the authors' code), or each its own draw
-CouplingInit = Literal["reference", "independent"]
-COUPLING_INITS = get_args(CouplingInit)
-
-
-@dataclass
-class MaPLeConfig(LearnerConfig):
-    name: str = "maple"
-    #: learned text tokens per layer (and vision tokens, through the coupling)
-    n_ctx: int = bounded(2, ge=1)
-    #: the first n_ctx words start the context; the rest stay as fixed text ("of a" for n_ctx=2)
-    init: Optional[str] = "a photo of a"
-    #: prompted layers J, from the input, on both towers (at most the towers' layer count, checked with the model)
-    depth: int = bounded(9, ge=1)
-    #: how the couplings start: "reference" (MaPLe's code: layer 0 its own draw, layers 1..J−1 copies of one
-    #: draw, so they start equal) or "independent" (every layer its own draw)
-    coupling_init: CouplingInit = "reference"
-
-    def __post_init__(self):
-        check_init_words(self.n_ctx, self.init)
 
 
 @LEARNERS.register("maple")
@@ -67,8 +42,6 @@ class MaPLe(DeepTextLearner):
     @staticmethod
     def _build_couplings(text_width: int, vision_width: int, depth: int, init: str) -> nn.ModuleList:
         """One ``Linear(D_t, D_v)`` per prompted layer, each drawn with torch's default ``Linear`` init."""
-        if init not in COUPLING_INITS:
-            raise ConfigError(f"text.coupling_init must be one of {COUPLING_INITS}, not {init!r}.")
         first = nn.Linear(text_width, vision_width)
         if init == "independent":
             return nn.ModuleList([first] + [nn.Linear(text_width, vision_width) for _ in range(depth - 1)])

@@ -1,7 +1,7 @@
 """Class prompts with learnable context slots: the assembly CoOp, CoCoOp and MaPLe share."""
 from __future__ import annotations
 
-from typing import List, Literal, Optional, Tuple, get_args
+from typing import List, Optional, Tuple, get_args
 
 import torch
 from torch import nn
@@ -9,10 +9,8 @@ from torch import nn
 from ..backbone import FrozenCLIP
 from ..templates import prompt_classname
 from ..errors import ConfigError
+from ..options.base import Position, check_init_words
 
-#: where the class name goes among the context slots
-Position = Literal["end", "middle", "front"]
-POSITIONS = get_args(Position)
 
 
 class ClassPrompts(nn.Module):
@@ -27,8 +25,8 @@ class ClassPrompts(nn.Module):
     def __init__(self, backbone: FrozenCLIP, classnames: List[str], n_ctx: int, position: str = "end",
                  suffix: str = ".", infix: str = ""):
         super().__init__()
-        if position not in POSITIONS:
-            raise ConfigError(f"Class token position must be one of {POSITIONS}, not {position!r}.")
+        if position not in get_args(Position):
+            raise ConfigError(f"Class token position must be one of {get_args(Position)}, not {position!r}.")
         self.n_ctx, self.position = n_ctx, position
         names = [" ".join(filter(None, (infix, prompt_classname(c)))) for c in classnames]
         placeholder = " ".join(["X"] * n_ctx)
@@ -94,14 +92,6 @@ def context_from_words(backbone: FrozenCLIP, words: str) -> torch.Tensor:
     ids = backbone.tokenize([words])
     with torch.no_grad():
         return backbone.embed_tokens(ids)[0, 1:1 + n].float().clone()
-
-
-def check_init_words(n_ctx: int, words: Optional[str], option: str = "text.n_ctx") -> None:
-    """Refuse more context vectors than ``words`` has words (a config check: it needs no tokenizer)."""
-    if words and len(words.split()) < n_ctx:
-        raise ConfigError(f"{option}={n_ctx} context vectors start from the first {n_ctx} words of "
-                          f"text.init={words!r}, which has {len(words.split())}: set {option} to at most "
-                          f"{len(words.split())}, or text.init=null for a random start.")
 
 
 def initial_context(backbone: FrozenCLIP, n_ctx: int, words: Optional[str] = None, std: float = 0.02,

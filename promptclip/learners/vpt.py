@@ -2,24 +2,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 from torch import nn
 
-from ..backbone import PLACEMENTS, FrozenCLIP, VisionPrompts
-from ..config import bounded
+from ..backbone import FrozenCLIP, VisionPrompts
 from ..errors import ConfigError
-from .base import LEARNERS, Learner, LearnerConfig, check_architecture
-from .deep import INITS, Init, LayerPrompts, depth_problems, vision_problems
-
-#: VFPT's Fourier prompts: none, or the FFT over both dimensions, the hidden one or the sequence one
-Fourier = Literal["none", "both", "hidden", "sequence"]
-FOURIER = get_args(Fourier)
-#: prompt dropout: a mask per image (VPT, VFPT and DAPT expand the prompts to the batch first) or one per batch
-DropoutMode = Literal["per_image", "shared"]
-DROPOUT_MODES = get_args(DropoutMode)
+from ..options.learners import Fourier, VPTConfig
+from .base import LEARNERS, Learner, check_architecture
+from .deep import LayerPrompts, depth_problems, vision_problems
 
 
 def fourier_prompts(x: torch.Tensor, variant: str = "both") -> torch.Tensor:
@@ -31,36 +23,12 @@ def fourier_prompts(x: torch.Tensor, variant: str = "both") -> torch.Tensor:
         return torch.fft.fft(x, dim=-2).real
     if variant == "both":
         return torch.fft.fft(torch.fft.fft(x, dim=-1), dim=-2).real
-    raise ConfigError(f"Fourier variant must be one of {FOURIER[1:]}, not {variant!r}.")
+    raise ConfigError(f"Fourier variant must be one of {get_args(Fourier)[1:]}, not {variant!r}.")
 
 
 def vpt_uniform_bound(backbone: FrozenCLIP) -> float:
     """VPT's Xavier-style init range ``sqrt(6 / (3·p² + D_v))`` (0.0625 for ViT-B/16)."""
     return math.sqrt(6.0 / (3 * backbone.patch_size ** 2 + backbone.vision_width))
-
-
-@dataclass
-class VPTConfig(LearnerConfig):
-    name: str = "vpt"
-    #: prompt tokens per layer
-    n_tokens: int = bounded(16, ge=1)
-    #: layers with their own prompts, from the input: 1 = VPT-shallow; the tower's layer count (12 for ViT-B) = VPT-deep
-    depth: int = bounded(1, ge=1)
-    #: after_cls (VPT, DAPT) or after_patches (MaPLe/IVLP-style deep vision prompting)
-    placement: Literal["after_cls", "after_patches"] = "after_cls"
-    #: insert before ln_pre (MaPLe/IVLP) or after it (DAPT)
-    before_ln_pre: bool = False
-    #: uniform: VPT's ±sqrt(6 / (3·patch² + D_v)); normal: N(0, init_std²)
-    init: Init = "uniform"
-    init_std: float = bounded(0.02, gt=0)
-    #: dropout on the prompt tokens of every prompted layer, in training only (scaled by 1/(1−p), as nn.Dropout)
-    dropout: float = bounded(0.0, ge=0, lt=1)
-    #: per_image: each image of a batch its own mask (the reference codes); shared: one mask for the whole batch
-    dropout_mode: DropoutMode = "per_image"
-    #: VFPT: none, both (FFT over hidden then sequence), hidden or sequence
-    fourier: Fourier = "none"
-    #: fraction α of each layer's tokens made Fourier prompts (floor(α·n_tokens), placed first)
-    fourier_fraction: float = bounded(0.5, ge=0, le=1)
 
 
 @LEARNERS.register("vpt")
@@ -84,16 +52,6 @@ class VPT(Learner):
     def __init__(self, cfg, backbone, classnames, template="a photo of a {}.", dataset=""):
         super().__init__(cfg, backbone, classnames, template, dataset)
         backbone.require_vision_prompts("VPT prompts")
-        if cfg.placement not in PLACEMENTS:
-            raise ConfigError(f"vision.placement must be one of {PLACEMENTS}, not {cfg.placement!r}.")
-        if cfg.init not in INITS:
-            raise ConfigError(f"vision.init must be one of {INITS}, not {cfg.init!r}.")
-        if cfg.fourier not in FOURIER:
-            raise ConfigError(f"vision.fourier must be one of {FOURIER}, not {cfg.fourier!r}.")
-        if cfg.dropout_mode not in DROPOUT_MODES:
-            raise ConfigError(f"vision.dropout_mode must be one of {DROPOUT_MODES}, not {cfg.dropout_mode!r}.")
-        if not 0.0 <= cfg.fourier_fraction <= 1.0:
-            raise ConfigError(f"vision.fourier_fraction must lie in [0, 1], not {cfg.fourier_fraction}.")
         check_architecture(backbone.architecture, cfg)
         scale = vpt_uniform_bound(backbone) if cfg.init == "uniform" else cfg.init_std
         self.prompts = LayerPrompts(range(cfg.depth), cfg.n_tokens, backbone.vision_width, cfg.init, scale)

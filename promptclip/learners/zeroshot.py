@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import ClassVar, List
+from typing import List
 
 import torch
 
 from ..backbone import normalize
-from ..templates import TemplateChoice, check_templates, fill, resolve_templates
-from .base import LEARNERS, Learner, LearnerConfig
+from ..options.learners import ZeroShotConfig
+from ..templates import fill, resolve_templates
+from .base import LEARNERS, Learner
 
 
 log = logging.getLogger("promptclip")
@@ -29,18 +29,6 @@ def zeroshot_class_features(backbone, classnames: List[str], templates: List[str
         features = backbone.encode_text_ids(backbone.tokenize(fill(template, classnames))).float()
         per_template.append(normalize(features) if normalize_each else features)
     return normalize(torch.stack(per_template).mean(0))
-
-
-@dataclass
-class ZeroShotConfig(LearnerConfig):
-    uses_training_data: ClassVar[bool] = False
-    name: str = "zeroshot"
-    #: "dataset" (the dataset's template), "ensemble" (CoOp's 7 + the dataset's; on ImageNet the 7 alone, as in
-    #: CoOp), "imagenet80", "imagenet60", or a list of templates with one "{}" each
-    templates: TemplateChoice = "dataset"
-
-    def __post_init__(self):
-        check_templates(self.templates, "text.templates")
 
 
 @LEARNERS.register("zeroshot")

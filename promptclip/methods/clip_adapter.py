@@ -20,27 +20,15 @@ gradients are the same. Only the adapter trains. The reference has no validation
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..backbone import normalize
-from ..config import bounded
 from ..errors import ConfigError
 from ..learners.base import LEARNERS, scaled_cosine
-from ..learners.features import FeatureMethod, FeatureMethodConfig
-
-
-@dataclass
-class CLIPAdapterConfig(FeatureMethodConfig):
-    """The residual ratio and the bottleneck's reduction (the reference's 0.2 and 4)."""
-
-    name: str = "clip_adapter"
-    #: weight of the adapted feature in the blend (clip_adapter.py L104)
-    ratio: float = bounded(0.2, ge=0, le=1)
-    #: hidden width = embed_dim // reduction (clip_adapter.py L55, L97)
-    reduction: int = bounded(4, ge=1)
+from ..learners.features import FeatureMethod
+from ..options.methods import CLIPAdapterConfig
 
 
 @LEARNERS.register("clip_adapter")

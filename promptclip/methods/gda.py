@@ -21,19 +21,15 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
 import torch
 
-from ..config import bounded
 from ..learners.base import LEARNERS, scaled_cosine
-from ..learners.features import FeatureMethod, FeatureMethodConfig, imagenet_ensemble
+from ..learners.features import FeatureMethod, imagenet_ensemble
+from ..options.methods import GDAConfig
 
 log = logging.getLogger("promptclip")
-
-#: the reference's α grid (main_few_shots.py:L69)
-ALPHA_GRID = [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0]
 
 
 def gaussian_discriminant(features: torch.Tensor, labels: torch.Tensor, classes: int
@@ -53,23 +49,12 @@ def gaussian_discriminant(features: torch.Tensor, labels: torch.Tensor, classes:
     return weight.float(), bias.float()
 
 
-@dataclass
-class GDAConfig(FeatureMethodConfig):
-    """GDA's estimation views and ``α`` (``hparams``: ``fixed`` uses ``alpha``, ``val`` searches ``alphas``)."""
-
-    name: str = "gda"
-    views: int = bounded(10, ge=1)  # augmented views per shot, kept as samples (augment_epoch: 10, configs/*.yaml)
-    alpha: float = bounded(0.1, ge=0)
-    alphas: List[float] = bounded(default_factory=lambda: list(ALPHA_GRID), ge=0)
-
-
 @LEARNERS.register("gda")
 class GDA(FeatureMethod):
     """Zero-shot logits plus ``α ·`` GDA's linear logits; ``W``, ``b`` and ``α`` are saved buffers."""
 
     Config = GDAConfig
     searches = True
-    training_free = True
 
     def __init__(self, cfg, backbone, classnames, template="a photo of a {}.", dataset=""):
         super().__init__(cfg, backbone, classnames, template, dataset)

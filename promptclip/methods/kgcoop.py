@@ -6,14 +6,13 @@ per image and averaged over the batch too.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Dict
+from typing import Dict
 
 import torch
 import torch.nn.functional as F
 
-from ..config import bounded
-from ..losses import AnchoredLossConfig, ModelOutput, PrepareContext, ZeroShotAnchoredLoss
+from ..losses import ModelOutput, PrepareContext, ZeroShotAnchoredLoss
+from ..options.methods import KgCoOpConfig
 from ..registry import LOSSES
 
 #: KgCoOp's own per-dataset templates (htyao89/KgCoOp, trainers/kgcoop.py ``CUSTOM_TEMPLATES``). They are CoOp's
@@ -35,15 +34,6 @@ KGCOOP_TEMPLATES: Dict[str, str] = {
     "ImageNetA": "a photo of a {}.",
     "ImageNetR": "a photo of a {}.",
 }
-
-
-@dataclass
-class KgCoOpConfig(AnchoredLossConfig):
-    """λ and the zero-shot templates: ``templates: dataset`` (the default, as in the reference) is the dataset's
-    template in KgCoOp's table (:data:`KGCOOP_TEMPLATES`), or the dataset's own for a dataset outside it."""
-
-    weight: float = bounded(8.0, ge=0)  # λ (8.0 in the reference's trainer)
-    templates_option: ClassVar[str] = "losses.kgcoop.templates"
 
 
 @LOSSES.register("kgcoop")

@@ -18,15 +18,14 @@ Baseline, methods/linear_probe_p2.py) computes it, on the N training features F 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from ..config import bounded
 from ..learners.base import LEARNERS
-from ..learners.features import FeatureMethod, FeatureMethodConfig, imagenet_ensemble
+from ..learners.features import FeatureMethod, imagenet_ensemble
+from ..options.methods import LPPlusPlusConfig
 
 log = logging.getLogger("promptclip")
 
@@ -47,24 +46,12 @@ def blend(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, alph
     return features @ weight.t() + bias + alpha * text_logits
 
 
-@dataclass
-class LPPlusPlusConfig(FeatureMethodConfig):
-    """LP++'s solver (``hparams``: ``val`` keeps the best-validation iteration, ``fixed`` the last)."""
-
-    name: str = "lp_plus_plus"
-    views: int = bounded(1, ge=1)  # augmented views per shot, kept as samples (1: the reference's one pass)
-    iterations: int = bounded(300, ge=1)  # full-batch steps (train_epoch: 300, configs/base.yaml:L17)
-    alpha_every: int = bounded(10, ge=1)  # iterations between α steps (L137)
-    momentum: float = bounded(0.9, ge=0, lt=1)  # SGD momentum on W and b (L116)
-
-
 @LEARNERS.register("lp_plus_plus")
 class LPPlusPlus(FeatureMethod):
     """Linear probe ``W, b`` plus ``α ⊙`` zero-shot cosines, solved in :meth:`prepare`; saved as buffers."""
 
     Config = LPPlusPlusConfig
     searches = True
-    training_free = True
 
     def __init__(self, cfg, backbone, classnames, template="a photo of a {}.", dataset=""):
         super().__init__(cfg, backbone, classnames, template, dataset)

@@ -17,32 +17,16 @@ perturbs slightly); here only the prompts are averaged, as the frozen weights ar
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import ClassVar, Dict
+from typing import Dict
 
 import torch
 import torch.nn.functional as F
 
-from ..callbacks import Callback, CallbackConfig
-from ..config import bounded
+from ..callbacks import Callback
 from ..errors import ConfigError
-from ..losses import AnchoredLossConfig, ModelOutput, PrepareContext, ZeroShotAnchoredLoss
+from ..losses import ModelOutput, PrepareContext, ZeroShotAnchoredLoss
+from ..options.methods import GPAConfig, PromptSRCConfig
 from ..registry import CALLBACKS, LOSSES
-from ..templates import TemplateChoice
-
-
-@dataclass
-class PromptSRCConfig(AnchoredLossConfig):
-    weight: float = bounded(1.0, ge=0)  # scales the three terms together
-    text_weight: float = bounded(25.0, ge=0)  # TEXT_LOSS_WEIGHT
-    image_weight: float = bounded(10.0, ge=0)  # IMAGE_LOSS_WEIGHT
-    logits_weight: float = bounded(1.0, ge=0)  # the reference's fixed weight of the KL term
-    temperature: float = bounded(1.0, gt=0)
-    #: the reference: the 60 ImageNet templates for every dataset, their raw features averaged (CLIP's own
-    #: ensembling normalises each one first)
-    templates: TemplateChoice = "imagenet60"
-    normalize_each_template: bool = False
-    templates_option: ClassVar[str] = "losses.promptsrc.templates"
 
 
 @LOSSES.register("promptsrc")
@@ -65,12 +49,6 @@ class SelfRegulation(ZeroShotAnchoredLoss):
                                                                            dim=-1), reduction="sum", log_target=True)
         logits_term = kl * t * t / logits.numel()
         return cfg.text_weight * text_term + cfg.image_weight * image_term + cfg.logits_weight * logits_term
-
-
-@dataclass
-class GPAConfig(CallbackConfig):
-    mean: float = 15.0  # μ, in epochs (1-based): GPA_MEAN
-    std: float = bounded(1.0, gt=0)  # σ, in epochs: GPA_STD
 
 
 def gaussian_weights(epochs: int, mean: float, std: float) -> torch.Tensor:

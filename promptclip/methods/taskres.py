@@ -23,16 +23,15 @@ last epoch is tested), so ``hparams: val`` runs the fixed defaults like ``fixed`
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import torch
 from torch import nn
 
 from ..backbone import normalize
-from ..config import bounded
 from ..learners.base import LEARNERS
-from ..learners.features import FeatureMethod, FeatureMethodConfig, imagenet_ensemble, raw_template_mean
+from ..learners.features import FeatureMethod, imagenet_ensemble, raw_template_mean
+from ..options.methods import TaskResConfig
 
 #: The reference's residual scale per dataset (scripts/taskres/train_regular.sh); any other dataset gets 0.5.
 TASKRES_ALPHA: Dict[str, float] = {"OxfordFlowers": 1.0}
@@ -42,14 +41,6 @@ DEFAULT_ALPHA = 0.5
 def taskres_alpha(alpha: Optional[float], dataset: str) -> float:
     """``alpha`` if given, else the reference's value for ``dataset``."""
     return alpha if alpha is not None else TASKRES_ALPHA.get(dataset, DEFAULT_ALPHA)
-
-
-@dataclass
-class TaskResConfig(FeatureMethodConfig):
-    """The residual scale α; null: the reference's value for the dataset (0.5; OxfordFlowers 1.0)."""
-
-    name: str = "taskres"
-    alpha: Optional[float] = bounded(None, ge=0)
 
 
 @LEARNERS.register("taskres")

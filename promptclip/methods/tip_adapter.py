@@ -25,16 +25,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import ClassVar, Dict, List, Optional, Tuple
+from typing import ClassVar, Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..backbone import normalize
-from ..config import bounded
 from ..learners.base import LEARNERS
-from ..learners.features import FeatureMethod, FeatureMethodConfig, imagenet_ensemble
+from ..learners.features import FeatureMethod, imagenet_ensemble
+from ..options.methods import TipAdapterConfig, TipAdapterFConfig
 
 log = logging.getLogger("promptclip")
 
@@ -77,42 +77,18 @@ def reference_grid(scale: float, steps: int) -> List[float]:
     return [0.1 + i * (scale - 0.1) / steps for i in range(steps)]
 
 
-@dataclass
-class TipAdapterConfig(FeatureMethodConfig):
-    """The cache's views and the grid's sizes; α and β come from :data:`TIP_HPARAMS` unless set."""
-
-    name: str = "tip_adapter"
-    #: augmented training views averaged into each cache key (the reference's augment_epoch, configs/*.yaml:30)
-    augment_epoch: int = bounded(10, ge=1)
-    #: residual ratio α with ``hparams: fixed`` (and while Tip-Adapter-F trains); null: the dataset's init_alpha
-    alpha: Optional[float] = bounded(None, ge=0)
-    #: sharpness β likewise; null: the dataset's init_beta
-    beta: Optional[float] = bounded(None, ge=0)
-    #: grid points for β and α with ``hparams: val`` (the reference's search_step, configs/*.yaml:18)
-    beta_steps: int = bounded(200, ge=1)
-    alpha_steps: int = bounded(20, ge=1)
-
-
-@dataclass
-class TipAdapterFConfig(TipAdapterConfig):
-    """Tip-Adapter's options; ``alpha``/``beta`` (or the dataset's values) also hold while the keys train."""
-
-    name: str = "tip_adapter_f"
-
-
 @LEARNERS.register("tip_adapter")
 class TipAdapter(FeatureMethod):
     """Zero-shot logits plus the cache's; the cache keys are a buffer (training-free)."""
 
     Config: ClassVar[type] = TipAdapterConfig
-    training_free: ClassVar[bool] = True
     searches: ClassVar[bool] = True
     data_shaped: ClassVar[Tuple[str, ...]] = ("keys", "values")
 
     def __init__(self, cfg, backbone, classnames, template="a photo of a {}.", dataset=""):
         super().__init__(cfg, backbone, classnames, template, dataset)
         keys = torch.zeros(0, backbone.embed_dim)
-        if self.training_free:
+        if self.cfg.training_free:
             self.register_buffer("keys", keys)
         else:
             self.keys = nn.Parameter(keys)
@@ -136,7 +112,7 @@ class TipAdapter(FeatureMethod):
         super().prepare(context)
         views, labels = context.train_views(self.cfg.augment_epoch)
         keys = normalize(views.float().mean(0)).to(context.device)  # the views are normalised already
-        self.keys = keys if self.training_free else nn.Parameter(keys.clone())
+        self.keys = keys if self.cfg.training_free else nn.Parameter(keys.clone())
         self.values = F.one_hot(labels.long(), context.num_classes).float().to(context.device)
 
     def head(self, image_features, class_features, logit_scale):
@@ -193,4 +169,3 @@ class TipAdapterF(TipAdapter):
     """Tip-Adapter whose cache keys are learned (main.py:66-141); α, β stay fixed while they train."""
 
     Config: ClassVar[type] = TipAdapterFConfig
-    training_free: ClassVar[bool] = False

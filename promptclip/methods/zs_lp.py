@@ -12,7 +12,6 @@ reference's is ⌊N/256⌋ batches (at least 1) drawn from all 20 views at once 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import List
 
 import torch
@@ -20,15 +19,8 @@ from torch import nn
 
 from ..backbone import normalize
 from ..learners.base import LEARNERS
-from ..learners.features import FeatureMethod, FeatureMethodConfig, imagenet_ensemble, raw_template_mean
-
-
-
-@dataclass
-class ZSLPConfig(FeatureMethodConfig):
-    """The zero-shot templates the weights start from; nothing else (the optimiser is the run's ``optim``)."""
-
-    name: str = "zs_lp"
+from ..learners.features import FeatureMethod, imagenet_ensemble, raw_template_mean
+from ..options.methods import ZSLPConfig
 
 
 @LEARNERS.register("zs_lp")

@@ -1,71 +1,38 @@
 """Linear probe: logistic regression on frozen CLIP image features (the CoOp paper's few-shot baseline).
 
-Use it like any method: ``text.name=linear_probe`` (preset ``linear_probe``). The engine's :func:`run` fits it
-instead of training prompts. Features come from the test transform (deterministic, through the feature cache) for
-train, val and test. With ``C`` null the inverse regularisation is searched on the validation split as CoOp does:
-a coarse grid ``1e-6 … 1e6``, then ``search_steps`` halvings of the step in log space around the best value
-(within the grid). A dataset without its own validation split (ImageNet, whose val is its test) uses ``default_C``
-rather than tune on test images.
+Use it like any method: ``text.name=linear_probe`` (preset ``linear_probe``, options in
+:mod:`promptclip.options.learners`, the registered learner in :mod:`promptclip.methods.linear_probe`). Its fit lives
+in the engine, which runs it instead of training prompts for options that are ``fits_in_closed_form``.
+
+Features come from the test transform (deterministic, through the feature cache) for train, val and test. With ``C``
+null the inverse regularisation is searched on the validation split as CoOp does: a coarse grid ``1e-6 … 1e6``, then
+``search_steps`` halvings of the step in log space around the best value (within the grid). A dataset without its
+own validation split (ImageNet, whose val is its test) uses ``default_C`` rather than tune on test images.
 """
 from __future__ import annotations
 
 import logging
 import math
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 import torch
 from safetensors.torch import save as save_safetensors
 
-from .backbone import FrozenCLIP
-from .config import Config, bounded
-from .data.base import Dataset
-from .engine.cache import frozen_features
-from .engine.evaluation import metrics_from_predictions
-from .errors import ConfigError
-from .learners.base import LEARNERS, Learner, LearnerConfig
-from .runs import CLASSIFIER
-from .utils import atomic_write_bytes
+from ..backbone import FrozenCLIP
+from ..config import Config
+from ..data.base import Dataset
+from ..errors import ConfigError
+from ..options.learners import LinearProbeConfig
+from ..runs import CLASSIFIER
+from ..utils import atomic_write_bytes
+from .cache import frozen_features
+from .evaluation import metrics_from_predictions
 
 log = logging.getLogger("promptclip")
-NAME = "linear_probe"
 COARSE_LOG10_C = (-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0)
-
-
-@dataclass
-class LinearProbeConfig(LearnerConfig):
-    name: str = NAME
-    #: inverse L2 regularisation strength; null: searched on the validation split
-    C: Optional[float] = bounded(None, gt=0)
-    #: C when it is searched but the dataset has no validation split of its own
-    default_C: float = bounded(0.316, gt=0)
-    #: refinements of the C search after the coarse grid
-    search_steps: int = bounded(8, ge=0)
-    max_iter: int = bounded(1000, ge=1)
-
-    @property
-    def transfers_to_new_classes(self) -> bool:
-        return False  # one weight row per training class
-
-
-@LEARNERS.register(NAME)
-class LinearProbe(Learner):
-    """A closed-form method: :meth:`fit` fits it on frozen features; it holds no prompts."""
-
-    Config = LinearProbeConfig
-    fits_in_closed_form = True
-
-    @classmethod
-    def fit(cls, cfg, backbone, dataset, device, precision, run_dir, progress):
-        return fit_linear_probe(cfg, backbone, dataset, device, precision, run_dir, progress)
-
-    def __init__(self, cfg, backbone, classnames, template="a photo of a {}.", dataset=""):
-        raise ConfigError("linear_probe is not a prompt learner: it cannot be combined with prompts or loaded as "
-                          "saved prompts. Run it on its own (promptclip train -c linear_probe ...), which fits a "
-                          "logistic regression on frozen image features.")
 
 
 def _fit(features: np.ndarray, labels: np.ndarray, c: float, max_iter: int):
