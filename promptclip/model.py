@@ -11,12 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import callbacks, learners, methods  # noqa: F401  (register the built-in implementations)
+from .architecture import Architecture
 from .backbone import FrozenCLIP, VisionPrompts, normalize
 from .errors import ConfigError
 from .hooks import ModelOutput, PrepareContext
 from .learners.base import Learner, StateMismatch, build_learner, check_architecture
 from .losses import ExtraLoss
-from .registry import LOSSES
+from .registry import LEARNERS, LOSSES
 
 log = logging.getLogger("promptclip")
 
@@ -167,6 +168,15 @@ class PromptedCLIP(nn.Module):
         if self.modifies_image_tower and image_features is None:
             out.frozen_source = self._frozen_source(images)
         return self.add_loss(out, labels) if labels is not None else out
+
+
+def config_problems(cfg, arch: Architecture) -> List[str]:
+    """Every problem of a run config's learners (``cfg.text``, ``cfg.vision``) on the backbone ``arch``, asked of
+    their implementations, which this module imports."""
+    options = [c for c in (cfg.text, cfg.vision) if c is not None]
+    problems = [] if arch.text_layers is not None or cfg.text is None else [
+        f"{arch.name}'s text tower is not a causal CLIP transformer with EOT pooling, which prompt learning needs"]
+    return problems + [p for c in options for p in LEARNERS.get(c.name).architecture_problems(c, arch)]
 
 
 @dataclass

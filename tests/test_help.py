@@ -11,7 +11,7 @@ from promptclip import cli
 from promptclip.bench import commands
 from promptclip.bench.sweep import plan_problems, plan_sweep
 from promptclip.engine.runner import evaluation_config, finished_run
-from promptclip.learners.base import config_problems
+from promptclip.model import config_problems
 from promptclip.architecture import Architecture
 
 

@@ -11,7 +11,7 @@ from bench_fixtures import cli, coloured_folder
 from promptclip import run_files, runs
 from promptclip.backbone import FrozenCLIP
 from promptclip.config import CONFIG_DIR, build_config
-from promptclip.learners.base import config_problems
+from promptclip.model import config_problems
 from promptclip.architecture import TINY_MODELS, Architecture
 
 PRESETS = sorted(p.stem for p in (CONFIG_DIR / "methods").glob("*.yaml"))

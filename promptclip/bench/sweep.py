@@ -44,7 +44,7 @@ from ..engine.runner import data_change, evaluate_run, run
 from ..engine.trainer import duration, show_bars
 from ..engine.validation import require_validation_split, validate_run, validation_file
 from ..errors import ConfigError, PromptclipError
-from ..learners.base import config_problems
+from ..model import config_problems
 from ..utils import atomic_write_json
 from ..architecture import Architecture
 from .protocol_files import Protocol, load_protocol, split_overrides

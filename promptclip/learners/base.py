@@ -128,14 +128,6 @@ def scaled_cosine(image_features: torch.Tensor, class_features: torch.Tensor, lo
     return logit_scale * image_features @ class_features.t()
 
 
-def config_problems(cfg, arch: Architecture) -> List[str]:
-    """Every problem of a run config's learners (``cfg.text``, ``cfg.vision``) on the backbone ``arch``."""
-    learners = [c for c in (cfg.text, cfg.vision) if c is not None]
-    problems = [] if arch.text_layers is not None or cfg.text is None else [
-        f"{arch.name}'s text tower is not a causal CLIP transformer with EOT pooling, which prompt learning needs"]
-    return problems + [p for c in learners for p in LEARNERS.get(c.name).architecture_problems(c, arch)]
-
-
 def architecture_error(arch: Architecture, problems: List[str]) -> str:
     """One message for all of ``problems``, with the way out."""
     return (f"{arch.name} cannot run these settings: {'; '.join(problems)}. Lower them, or use a deeper backbone "
