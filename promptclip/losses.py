@@ -13,10 +13,9 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .learners.base import StateMismatch
+from .learners.base import load_exactly
 from .hooks import ModelOutput, PrepareContext
 from .options.base import AnchoredLossConfig, LossConfig
-from .weights import state_mismatch
 
 class ExtraLoss(nn.Module):
     """Base class for an additional loss term."""
@@ -50,11 +49,7 @@ class ExtraLoss(nn.Module):
     def load_learned(self, state: Dict[str, torch.Tensor]) -> None:
         """Load this loss's saved tensors (``losses.<name>.*`` of the run's prompts); a loss whose tensors are sized
         by the data (a head over the training classes) sizes them from ``state`` first."""
-        mismatch = state_mismatch({k: v.shape for k, v in state.items()},
-                                  {k: v.shape for k, v in self.state_dict().items()})
-        if mismatch:
-            raise StateMismatch(mismatch)
-        self.load_state_dict(state, strict=True)
+        load_exactly(self, state)
 
     def combine_gradients(self, main: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
         """One parameter's gradient from the main loss's (``main``) and this term's (``own``), both unscaled;

@@ -204,20 +204,17 @@ def create_model(parts: ModelParts, backbone: FrozenCLIP, context: Optional[Prep
     Every problem of the learners on this backbone is reported at once, before anything is built."""
     check_architecture(backbone.architecture, *[c for c in (parts.text, parts.vision) if c is not None])
     built = {side: build_learner(options, backbone, parts.classnames, parts.template, parts.dataset)
-                for side, options in (("text", parts.text), ("vision", parts.vision)) if options is not None}
-    for side, learner in built.items():
-        if state is not None:
-            try:
-                learner.load_learned({k[len(side) + 1:]: v for k, v in state.items() if k.startswith(f"{side}.")})
-            except StateMismatch as err:
-                raise StateMismatch(f"the {side} learner", str(err)) from None
+             for side, options in (("text", parts.text), ("vision", parts.vision)) if options is not None}
     losses = {name: LOSSES.get(name)(options) for name, options in parts.losses.items()}
     if state is not None:
-        for name, loss in losses.items():
+        owners = {**{side: (learner, f"the {side} learner") for side, learner in built.items()},
+                  **{f"losses.{name}": (loss, f"the loss {name}") for name, loss in losses.items()}}
+        for prefix, (module, what) in owners.items():  # the keys engine.prompts.prompt_tensors writes
             try:
-                loss.load_learned({k[len(name) + 8:]: v for k, v in state.items() if k.startswith(f"losses.{name}.")})
+                module.load_learned({k[len(prefix) + 1:]: v for k, v in state.items()
+                                     if k.startswith(f"{prefix}.")})
             except StateMismatch as err:
-                raise StateMismatch(f"the loss {name}", str(err)) from None
+                raise StateMismatch(what, str(err)) from None
     model = PromptedCLIP(backbone, built["text"], built.get("vision"), losses)
     if context is not None:
         for learner in built.values():

@@ -308,8 +308,8 @@ def train(model: PromptedCLIP, inputs: TrainingInputs, setup: RunSetup, callback
     try:
         for epoch in range(start, tc.epochs):
             batches, cut_short = epoch_batches(epoch, len(inputs), setup)
-            lr, started, meter = _start_epoch(epoch, optimizer, setup), time.time(), EpochMeter()
             updates = math.ceil(len(batches) / tc.accum_steps)
+            lr, started, meter = _start_epoch(epoch, optimizer, setup, updates), time.time(), EpochMeter()
             model.train()
             shown.start_epoch(epoch, len(batches), lr)
             for step, (kwargs, labels) in enumerate(inputs.epoch(epoch, batches, cut_short)):
@@ -380,9 +380,10 @@ class Stepper:
         self.own = None
 
 
-def _start_epoch(epoch: int, optimizer: torch.optim.Optimizer, setup: RunSetup) -> float:
-    """Set the epoch's learning rate and the global random stream (prompt dropout); returns the rate."""
-    lr = lr_at(setup.cfg.optim, epoch, setup.cfg.train.epochs)
+def _start_epoch(epoch: int, optimizer: torch.optim.Optimizer, setup: RunSetup, updates: int) -> float:
+    """Set the epoch's (first optimiser step's) learning rate and the global random stream (prompt dropout);
+    returns the rate."""
+    lr = lr_at(setup.cfg.optim, epoch, setup.cfg.train.epochs, 0, updates)
     set_lr(optimizer, lr)
     torch.manual_seed(epoch_seed(setup.cfg.seed, epoch))
     optimizer.zero_grad(set_to_none=True)

@@ -112,11 +112,17 @@ class Learner(nn.Module):
                 fresh = torch.zeros(state[name].shape, dtype=current.dtype, device=current.device)
                 setattr(self, name, nn.Parameter(fresh, current.requires_grad)
                         if isinstance(current, nn.Parameter) else fresh)
-        mismatch = state_mismatch({k: v.shape for k, v in state.items()},
-                                  {k: v.shape for k, v in self.state_dict().items()})
-        if mismatch:
-            raise StateMismatch(mismatch)
-        self.load_state_dict(state, strict=True)
+        load_exactly(self, state)
+
+
+def load_exactly(module: nn.Module, state: Dict[str, torch.Tensor]) -> None:
+    """``module.load_state_dict(state, strict=True)``, a misfit first raised as :class:`StateMismatch` naming every
+    tensor that does not fit."""
+    mismatch = state_mismatch({k: v.shape for k, v in state.items()},
+                              {k: v.shape for k, v in module.state_dict().items()})
+    if mismatch:
+        raise StateMismatch(mismatch)
+    module.load_state_dict(state, strict=True)
 
 
 def scaled_cosine(image_features: torch.Tensor, class_features: torch.Tensor, logit_scale: torch.Tensor
