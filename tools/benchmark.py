@@ -150,7 +150,8 @@ def digits_with_val(root: Path, per_class: int = 10) -> Path:
 def feature_sweep(args) -> list:
     """Image-tower work of the few-shot protocol's sweep of CoOp and every method on features on digits, planned by
     the protocol itself (its epoch rules; ``hparams=val``, so the validation features are counted too)."""
-    from promptclip.bench.protocols import expand, load_protocol, split_overrides
+    from promptclip.bench.protocol_files import load_protocol, split_overrides
+    from promptclip.bench.protocols import expand
     from promptclip.engine import run
     from promptclip.engine.cache import FeatureCache
 
